@@ -1,0 +1,24 @@
+"""Turn `--device auto|cpu|cuda[:N]` into a torch.device, failing early and clearly."""
+
+from __future__ import annotations
+
+import torch
+
+from mad_cli.errors import MadError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Resolve a device flag; `auto` prefers CUDA. Asking for CUDA without one is a user error."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise MadError(f"--device {spec}: CUDA was requested but no GPU is visible (use --device cpu)")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MadError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
+        return dev
+    raise MadError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
