@@ -108,7 +108,7 @@ def read_image(path: str | os.PathLike[str], channels: int | None = None) -> np.
             return np.asarray(img, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise MadError(f"{p}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MadError(f"{p}: cannot decode image ({exc})") from None
 
 
@@ -118,7 +118,7 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         with Image.open(p) as img:
             return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MadError(f"{p}: cannot decode image ({exc})") from None
 
 
@@ -171,35 +171,54 @@ def iter_images(
 # Atomic writes
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which would race with
+# threads creating files if done per write.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a hidden temp file next to `path`; rename it over `path` only if the block succeeds."""
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True, **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a hidden temp file next to `path`; rename it over `path` only if the block succeeds.
+
+    `fsync=False` skips the per-file flush to disk (several ms each on slow disks) for
+    files that are published later in one go, e.g. by `staging.StagedFolder`, which
+    syncs once before it moves them into place.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600; outputs get the usual permissions (0666 minus umask).
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
+    with atomic_open(path, "wb", fsync=fsync) as fh:
         fh.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> None:
+    with atomic_open(path, "w", fsync=fsync, encoding="utf-8", newline="") as fh:
         fh.write(text)
 
 
-def write_png(path: str | os.PathLike[str], array: np.ndarray, tags: dict[str, Any] | None = None) -> None:
+def write_png(path: str | os.PathLike[str], array: np.ndarray, tags: dict[str, Any] | None = None, *, fsync: bool = True) -> None:
     """Write uint8 H×W, H×W×1 or H×W×3 as PNG with `mad:` provenance tags, atomically."""
     arr = np.asarray(array)
     if arr.dtype != np.uint8:
@@ -214,7 +233,7 @@ def write_png(path: str | os.PathLike[str], array: np.ndarray, tags: dict[str, A
             continue
         info.add_text(key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key, str(value))
     img = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", fsync=fsync) as fh:
         img.save(fh, format="PNG", pnginfo=info, compress_level=6)
 
 
@@ -226,7 +245,7 @@ def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         with Image.open(p) as img:
             text = getattr(img, "text", None) or {}
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise MadError(f"{p}: cannot decode image ({exc})") from None
     return {k[len(TAG_PREFIX):]: v for k, v in text.items() if k.startswith(TAG_PREFIX)}
 
@@ -310,9 +329,9 @@ def prepare_output_dir(out: str | os.PathLike[str], *, sources: Iterable[str | o
             raise MadError(f"{flag} {target}: contains source folder {src}; choose another folder")
     if target.exists() and not target.is_dir():
         raise MadError(f"{flag} {target}: exists and is not a folder")
-    if target.exists() and any(target.iterdir()) and not force:
-        raise MadError(f"{flag} {target}: folder is not empty (use --force to write into it)")
     try:
+        if target.exists() and any(target.iterdir()) and not force:
+            raise MadError(f"{flag} {target}: folder is not empty (use --force to write into it)")
         target.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=target, prefix=".mad-write-test.", delete=True)
         probe.close()
