@@ -155,7 +155,7 @@ def mix_command(
     ),
 )
 def colorhist_command(
-    folders: list[str] = typer.Argument(..., metavar="DIR...", help="Image folders; the first is the reference unless --ref is given."),
+    folders: list[str] = typer.Argument(..., metavar="DIR", help="Image folders; the first is the reference unless --ref is given."),
     space: str = typer.Option("rgb", "--space", help="rgb, hsv (hue circular, in turns) or lab (CIELAB, D65; L 0..100, a/b -128..127)."),
     bins: int = typer.Option(16, "--bins", help="Bins per channel of the joint histogram (2..64; bins³ cells). EMD uses fine histograms regardless."),
     ref: str | None = typer.Option(None, "--ref", metavar="DIR", help="Reference folder (default: the first DIR); added as its own row if not among DIR."),
@@ -175,9 +175,10 @@ def colorhist_command(
         skipped.append(message)
         warn(f"skipped {message}")
 
-    # Results outermost: the progress bar is gone before the table is printed.
-    with Results(json_mode, title=f"colorhist ({space}, {bins} bins)", columns=TABLE_COLUMNS) as results, progress(None, "colorhist") as bar:
-        colorhist(
+    # Rows are printed only once every folder has been read: a bad file in the last
+    # folder must not leave a partial result on stdout (exit 1 means "no result").
+    with progress(None, "colorhist") as bar:
+        rows = colorhist(
             folders,
             space=space,
             bins=bins,
@@ -189,8 +190,10 @@ def colorhist_command(
             on_skip=on_skip,
             on_images=bar.advance,
             on_total=lambda n: bar.update(total=n),
-            on_row=lambda row: results.row(row if json_mode else table_row(row)),
         )
+    with Results(json_mode, title=f"colorhist ({space}, {bins} bins)", columns=TABLE_COLUMNS) as results:
+        for row in rows:
+            results.row(row if json_mode else table_row(row))
     if skipped:
         warn(f"colorhist: skipped {len(skipped)} undecodable image(s)")
     if plot:
@@ -266,7 +269,7 @@ def sample_command(
     psi: float = typer.Option(1.0, "--psi", help="Sampling bias: truncation psi (w = w_avg + psi (w - w_avg)); Gaussian: covariance x psi^2. 1 = none."),
     psi_cutoff: int | None = typer.Option(None, "--psi-cutoff", metavar="K", help="StyleGAN2: truncate only the first K w's (coarse layers)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Seeds instead of --n, e.g. 0-999 or 1,5,7-9."),
-    batch: int = typer.Option(32, "--batch", help="Images per forward pass (does not change the images)."),
+    batch: int = typer.Option(32, "--batch", help="Images per step; never changes an image (the network runs on fixed chunks: 16 on CPU, 32 on CUDA)."),
     noise_mode: str = typer.Option("const", "--noise-mode", help="StyleGAN2 noise inputs: const, random (seeded per image) or none."),
     generation: int | None = typer.Option(None, "--generation", metavar="T", help="Loop generation, written into every image's tags."),
     grid: str | None = typer.Option(None, "--grid", metavar="GRID.png", help="Also write a contact sheet of the first 64 images (outside OUT)."),
@@ -315,13 +318,18 @@ def metrics_command(
 ) -> None:
     """FID, KID, precision/recall, density/coverage of generated folders against a real one."""
     from mad_cli.features import metric_prefix
-    from mad_cli.metrics import compare
+    from mad_cli.metrics import compare, parse_metrics
     from mad_cli.output import Results
 
     if no_cache and cache_dir:
         raise MadError("--no-cache and --cache-dir: choose one")
     prefix = metric_prefix(features)
-    columns = ["gen", "n_real", "n_gen", prefix, f"{prefix}_real_split_half", "kid_mean", "kid_std", "precision", "recall", "density", "coverage"]
+    wanted = parse_metrics(metrics)
+    columns = ["gen", "n_real", "n_gen"]
+    columns += [prefix, f"{prefix}_real_split_half"] if "fid" in wanted else []
+    columns += ["kid_mean", "kid_std"] if "kid" in wanted else []
+    columns += ["precision", "recall"] if "pr" in wanted else []
+    columns += ["density", "coverage"] if "dc" in wanted else []
     rows = compare(
         real, gens, features=features, weights=features_weights, metrics=metrics, n=n, k_pr=k_pr, k_dc=k_dc,
         batch=batch, device=device, cache_dir=False if no_cache else cache_dir, seed=seed,
