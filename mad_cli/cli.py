@@ -277,7 +277,11 @@ def sample_command(
     device: str = DEVICE_OPTION,
     json_mode: bool = JSON_OPTION,
 ) -> None:
-    """Draw images from a snapshot with sampling bias psi; deterministic per seed, resumable."""
+    """Draw images from a snapshot with bias psi.
+
+    Image i comes from seed i alone (any --batch, any rerun); re-running completes only
+    missing files. Works on `mad train` snapshots and NVIDIA .pkl network pickles.
+    """
     from mad_cli.output import Results, progress
     from mad_cli.sampling import sample_snapshot
 

@@ -150,4 +150,5 @@ class Results:
             table.add_column(name, overflow="fold")
         for r in self.rows:
             table.add_row(*(_format_cell(r.get(c)) for c in columns))
-        Console(highlight=False).print(table)
+        # Piped tables (logs, `| less`) get room for paths instead of an 80-column squeeze.
+        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)

@@ -1,0 +1,132 @@
+"""Snapshots: round trip, atomic writes, refusal of foreign/corrupt files, stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mad_cli.errors import MadError
+from mad_cli.models.snapshot import load_snapshot, save_snapshot, snapshot_id
+
+
+def _example_snapshot() -> dict:
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return {
+        "format": "mad.stylegan2",
+        "version": 1,
+        "config": {"G_kwargs": {"z_dim": 8, "mapping_kwargs": {"num_layers": 2}}, "seed": 0, "nan": float("nan")},
+        "G": net.state_dict(),
+        "optim": {"G": opt.state_dict()},
+        "progress": {"kimg": 1.5, "rng": torch.get_rng_state(), "history": [1, 2.0, None, "x"]},
+    }
+
+
+def test_round_trip_preserves_tensors_and_values(tmp_path: Path) -> None:
+    snap = _example_snapshot()
+    path = save_snapshot(tmp_path / "run" / "snap.pt", snap)
+    loaded = load_snapshot(path)
+    assert loaded["format"] == "mad.stylegan2" and loaded["version"] == 1
+    assert loaded["config"]["G_kwargs"] == {"z_dim": 8, "mapping_kwargs": {"num_layers": 2}}
+    for k, v in snap["G"].items():
+        assert torch.equal(loaded["G"][k], v)
+    assert loaded["optim"]["G"]["param_groups"][0]["betas"] == (0.0, 0.99)
+    assert torch.equal(loaded["progress"]["rng"], snap["progress"]["rng"])
+    assert loaded["progress"]["history"] == [1, 2.0, None, "x"]
+    # The file must also load with plain torch.load(weights_only=True): nothing of ours needed.
+    plain = torch.load(path, weights_only=True)
+    assert type(plain["G"]) is dict
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temp file left behind"
+
+
+def test_save_refuses_objects_and_arrays(tmp_path: Path) -> None:
+    base = {"format": "mad.gaussian", "version": 1, "config": {}}
+    with pytest.raises(TypeError, match="numpy"):
+        save_snapshot(tmp_path / "a.pt", {**base, "model": {"mean": np.zeros(3)}})
+    with pytest.raises(TypeError, match="Linear"):
+        save_snapshot(tmp_path / "b.pt", {**base, "model": torch.nn.Linear(2, 2)})
+    with pytest.raises(TypeError, match="format"):
+        save_snapshot(tmp_path / "c.pt", {"format": "other", "version": 1})
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_save_keeps_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "latest.pt"
+    save_snapshot(path, {"format": "mad.gaussian", "version": 1, "model": {"x": torch.ones(2)}})
+    before = path.read_bytes()
+
+    def boom(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_snapshot(path, {"format": "mad.gaussian", "version": 1, "model": {"x": torch.zeros(2)}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_snapshot_id_is_sha256_prefix(tmp_path: Path) -> None:
+    path = save_snapshot(tmp_path / "s.pt", {"format": "mad.gaussian", "version": 1, "model": {"x": torch.arange(5.0)}})
+    assert snapshot_id(path) == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert len(snapshot_id(path)) == 16
+    with pytest.raises(MadError, match="not found"):
+        snapshot_id(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "not found"),
+        ("folder", "is a folder"),
+        ("truncated", "truncated"),
+        ("text", "not a mad snapshot"),
+        ("foreign_dict", "not a mad snapshot"),
+        ("unknown_format", "unknown snapshot format"),
+        ("newer", "newer than this mad"),
+        ("object", "refusing to load"),
+        ("corrupt_zip", "corrupted"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path: Path, kind: str, message: str) -> None:
+    path = tmp_path / "bad.pt"
+    good = tmp_path / "good.pt"
+    save_snapshot(good, {"format": "mad.gaussian", "version": 1, "model": {"x": torch.randn(1000)}})
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "text":
+        path.write_text("hello\n")
+    elif kind == "foreign_dict":
+        torch.save({"state_dict": {"w": torch.ones(1)}}, path)
+    elif kind == "unknown_format":
+        torch.save({"format": "someone.else", "version": 1}, path)
+    elif kind == "newer":
+        torch.save({"format": "mad.gaussian", "version": 99}, path)
+    elif kind == "object":
+        torch.save({"format": "mad.gaussian", "version": 1, "model": torch.nn.Linear(2, 2)}, path)
+    elif kind == "corrupt_zip":
+        data = bytearray(good.read_bytes())
+        # Flip bytes inside the stored tensor data: the zip's CRC check must catch it.
+        mid = len(data) // 2
+        data[mid : mid + 64] = bytes(64)
+        path.write_bytes(bytes(data))
+    with pytest.raises(MadError, match=message) as info:
+        load_snapshot(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_plain_pickle_goes_to_nvidia_importer(tmp_path: Path) -> None:
+    """A plain pickle (not a torch zip) is never unpickled by pickle.load; the importer refuses it."""
+    path = tmp_path / "thing.pt"
+    path.write_bytes(pickle.dumps({"format": "mad.gaussian", "version": 1, "x": Path("/")}, protocol=4))
+    with pytest.raises(MadError, match="refusing to load"):
+        load_snapshot(path)
