@@ -57,8 +57,10 @@ class _Config(NamedTuple):
 
     @property
     def needs_x(self) -> bool:
-        """Keep x (and b) for backward: curved activations, or a sign-flipping gain."""
-        return self.spec.second_order or (self.act in ("relu", "lrelu") and self.gain <= 0)
+        """Keep x (and b) for backward: curved activations, or when sign(y) no longer tells
+        which side of the kink x was on (gain <= 0, or lrelu with a negative slope)."""
+        sign_lies = self.gain <= 0 or (self.act == "lrelu" and self.alpha < 0)
+        return self.spec.second_order or (self.act in ("relu", "lrelu") and sign_lies)
 
     @property
     def needs_y(self) -> bool:

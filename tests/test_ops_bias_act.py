@@ -192,6 +192,23 @@ def test_cuda_gradcheck_and_gradgradcheck(act: str) -> None:
         assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape,dim", [((8, 16), 1), ((5, 3, 4), 0), ((5, 3, 4), 2), ((2, 3, 4, 5), -1)])
+@pytest.mark.parametrize("act", ["lrelu", "tanh"])
+def test_cuda_bias_along_other_dims(shape: tuple[int, ...], dim: int, act: str) -> None:
+    """The kernel finds the bias through x's stride along `dim`: fully connected layers
+    ([N, C], dim=1) and biases along non-channel axes go through that same index math."""
+    torch.manual_seed(2)
+    x = (torch.randn(shape, dtype=torch.float64, device="cuda") * 2).requires_grad_()
+    b = torch.randn(shape[dim], dtype=torch.float64, device="cuda", requires_grad=True)
+    want = bias_act(x, b, dim=dim, act=act, clamp=1.5, impl="ref")
+    torch.testing.assert_close(bias_act(x, b, dim=dim, act=act, clamp=1.5, impl="cuda"), want)
+    fn = lambda x, b: bias_act(x, b, dim=dim, act=act, clamp=1.5, impl="cuda")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
 # ---- the CUDA path's autograd wiring, on CPU ------------------------------------------------------
 # The kernel's contract (csrc/bias_act.cu, modes 0/1/2) written with torch ops. It lets the
 # autograd Functions around the kernel -- what they save, which mode computes which gradient --
@@ -222,8 +239,9 @@ class TorchModelOfBiasActKernel:
                 assert mode == 1 and name in ("linear", "relu", "lrelu")
                 d = torch.where(yref > 0, 1.0, alpha if name == "lrelu" else 0.0) if name != "linear" else 1.0
         out = (x * d * gain).detach()
-        if clamp >= 0:
-            out = torch.where(yref.abs() < clamp, out, torch.zeros_like(out))
+        if clamp >= 0:  # y was rounded to x's dtype, so the kernel compares with the clamp rounded alike
+            clamp_y = torch.tensor(clamp, dtype=torch.float64).to(x.dtype).item()
+            out = torch.where(yref.abs() < clamp_y, out, torch.zeros_like(out))
         return out.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and not x.is_contiguous() else out
 
 
@@ -241,9 +259,11 @@ def test_cuda_autograd_functions_with_a_torch_model_of_the_kernel(act: str, layo
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    for clamp, gain in ((None, None), (1.0, 1.3), (None, -0.5)):
-        fn = lambda x, b: bias_act(x, b, act=act, gain=gain, clamp=clamp, impl="cuda")  # noqa: E731
-        torch.testing.assert_close(fn(x, b), bias_act(x, b, act=act, gain=gain, clamp=clamp, impl="ref"))
+    # A negative gain or lrelu slope makes sign(y) lie about which side of the kink x was on.
+    for clamp, gain, alpha in ((None, None, None), (1.0, 1.3, None), (None, -0.5, None), (1.0, None, -0.3)):
+        fn = lambda x, b: bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp, impl="cuda")  # noqa: E731
+        torch.testing.assert_close(fn(x, b), bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp,
+                                                      impl="ref"))
         assert torch.autograd.gradcheck(fn, (x, b))
         assert torch.autograd.gradgradcheck(fn, (x, b))
 

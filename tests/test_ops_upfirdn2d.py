@@ -239,10 +239,14 @@ def test_cuda_matches_reference(seed: int, dtype: torch.dtype, layout: str) -> N
 @pytest.mark.parametrize("separable", [False, True])
 @pytest.mark.parametrize("up,down,pad", [(1, 1, [1, 1, 1, 1]), (2, 1, [2, 1, 2, 1]), (1, 2, [1, 0, 1, 0]),
                                          (3, 2, [-1, 2, 1, 0])])
-def test_cuda_gradients_match_reference(separable: bool, up: int, down: int, pad: list[int]) -> None:
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_gradients_match_reference(separable: bool, up: int, down: int, pad: list[int], layout: str) -> None:
     torch.manual_seed(0)
     f = (torch.randn(4) if separable else torch.randn(4, 3)).cuda()
-    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, device="cuda")
+    if layout == "channels_last":  # the backward kernels then read and write channels-last gradients
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     kw = dict(up=up, down=down, padding=pad, gain=1.3)
     fn = lambda t: upfirdn2d(t, f, impl="cuda", **kw)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,))

@@ -3,7 +3,7 @@
 // One elementwise kernel serves three modes so that the autograd Functions in
 // stylegan2_ops/bias_act.py can express every gradient through the op itself:
 //   mode 0 (forward):        out = clamp(act(in + b) * gain)
-//   mode 1 (first order):    out = in * act'(s) * gain * [|y| < clamp]      (in = dy)
+//   mode 1 (first order):    out = in * act'(s) * gain * [|y| < clamp]      (in = dy; clamp as rounded to y's dtype)
 //   mode 2 (second order):   out = in * act''(s) * gain * dy * [|y| < clamp] (in = d(dx))
 // where s = xref + b is the pre-activation. For relu/lrelu/linear the first
 // derivative is read from the sign of the saved output y instead, so the
@@ -105,6 +105,10 @@ __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __re
     const acc_t alpha = static_cast<acc_t>(p.alpha);
     const acc_t gain = static_cast<acc_t>(p.gain);
     const acc_t clamp = static_cast<acc_t>(p.clamp);
+    // The saved y went through scalar_t, and so did a clamped value: float16(0.8) is 0.79980,
+    // which is < 0.8f and would let the gradient through every clamped element. Compare y
+    // with the clamp as it looks after that same rounding (what torch's clamp backward does).
+    const acc_t clamp_y = static_cast<acc_t>(static_cast<scalar_t>(clamp));
     const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) {
         const acc_t v = static_cast<acc_t>(in[i]);
@@ -122,7 +126,7 @@ __global__ void bias_act_kernel(scalar_t* __restrict__ out, const scalar_t* __re
                 d = act_grad2<acc_t>(p.act, static_cast<acc_t>(xref[i]) + bias) * static_cast<acc_t>(dyref[i]);
             }
             r = v * d * gain;
-            if (clamp >= acc_t(0) && !(fab(static_cast<acc_t>(yref[i])) < clamp)) r = acc_t(0);
+            if (clamp >= acc_t(0) && !(fab(static_cast<acc_t>(yref[i])) < clamp_y)) r = acc_t(0);
         }
         out[i] = static_cast<scalar_t>(r);
     }
