@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -150,5 +151,7 @@ class Results:
             table.add_column(name, overflow="fold")
         for r in self.rows:
             table.add_row(*(_format_cell(r.get(c)) for c in columns))
-        # Piped tables (logs, `| less`) get room for paths instead of an 80-column squeeze.
-        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(table)
+        # Piped tables (logs, `| less`) get room for paths instead of rich's 80-column
+        # fallback; a terminal's width, or COLUMNS when set, wins.
+        wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+        Console(highlight=False, width=None if wide else 160).print(table)
