@@ -1,27 +1,105 @@
 #!/usr/bin/env bash
-# Fresh data loop (Alemohammad et al. 2023, Sec. 5).
+# Fresh data loop (Alemohammad et al. 2023, "Self-Consuming Generative Models Go MAD", Sec. 5).
 #
-# Every generation trains on real images NEVER seen by an earlier generation plus the
-# samples of the previous generation. `--exclude-manifest` lists the manifest.csv of every
-# earlier training folder, so `mad mix` refuses to draw a real image again (matched by
-# source path and sha256); when the real pool runs dry it exits 1 saying how many were
-# asked and how many are left. The paper finds that with enough fresh real data per
-# generation the loop does not go MAD: quality and diversity stay bounded.
+#   real pool ─ N_REAL new ─┬─ N_REAL new ───────────────┬─ N_REAL new ───────────────┬─ ...
+#               mix ─ train ─ sample ─ mix ─ train ─ sample ─ mix ─ train ─ sample
+#              gen0 ───────────────┘ gen1 ───────────────┘ gen2
 #
-# For now this script only prints the `mad mix` calls that compose each generation's
-# training folder; the train/sample steps join it once those subcommands exist.
+# Every generation trains on N_REAL real digits NEVER seen by an earlier generation plus
+# N - N_REAL samples of the previous generation. `--exclude-manifest` lists the manifest.csv
+# of every earlier training folder, so `mad mix` never draws a real image again (matched by
+# source path and sha256); when the pool runs dry it exits 1 saying how many were asked and
+# how many are left (the digits train split has 1,438: GENERATIONS x N_REAL must fit).
+# The paper finds that with enough fresh real data per generation the loop does not go MAD:
+# quality and diversity stay bounded instead of degrading generation after generation.
+#
+# At the end: the colour drift of every generation's samples against the real pool, and
+# their distance to the held-out test digits in the digits feature space (fd_digits, KID,
+# precision, recall, density, coverage). Sample grids in $OUT/gen*/grid.png.
+#
+# Settings (environment variables):
+#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds
+#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#                             = the training-set size of generations >= 1
+#   N_REAL                    fresh real images per generation (default N/2); generation 0
+#                             trains on these alone
+#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
+#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#
+# Re-running with the same settings resumes: dataset and mix are redone (same seeds, same
+# exclusions, same result), StyleGAN2 training continues from its latest snapshot, sampling
+# completes only the missing images.
 set -euo pipefail
 
+MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-runs/fresh-data}
 GENERATIONS=${GENERATIONS:-4}
-N_REAL=${N_REAL:-300}   # fresh real images per generation (digits train split has 1,438)
-N_SYN=${N_SYN:-300}     # synthetic images per generation
+KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
+CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
+N=${N:-600}                    # samples per generation = training-set size from generation 1 on
+N_REAL=${N_REAL:-$((N / 2))}   # fresh real images per generation
+PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
+RES=${RES:-16}                 # image size of the digits
+DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
+METRICS=${METRICS:-fid,kid,pr,dc}
+JSON=${JSON:-0}
 
-echo "mad dataset digits $OUT/data --resolution 32 --split all"
-echo "mad mix --out $OUT/gen0/train --real $OUT/data:$N_REAL --seed $SEED"
-excludes=""
-for ((t = 1; t < GENERATIONS; t++)); do
-  excludes+=" --exclude-manifest $OUT/gen$((t - 1))/train/manifest.csv"
-  echo "mad mix --out $OUT/gen$t/train --real $OUT/data:$N_REAL --synthetic $OUT/gen$((t - 1))/samples:$N_SYN$excludes --seed $((SEED + t))"
+N_SYN=$((N - N_REAL))          # samples of the previous generation per training set
+if ((N_REAL < 1 || N_SYN < 0)); then
+    echo "N_REAL=$N_REAL: must be between 1 and N=$N" >&2
+    exit 2
+fi
+
+# StyleGAN2-only flags; `mad train --model gaussian` refuses them.
+train_flags=()
+if [ "$MODEL" = stylegan2 ]; then
+    train_flags=(--cfg "$CFG" --kimg "$KIMG" --resume latest --device "$DEVICE")
+fi
+
+# report NAME CMD...: the result table on stdout, or with JSON=1 JSON lines in $OUT/NAME.jsonl.
+report() {
+    local name=$1
+    shift
+    if [ "$JSON" = 1 ]; then
+        "$@" --json >"$OUT/$name.jsonl.tmp"
+        mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
+        echo "wrote $OUT/$name.jsonl" >&2
+    else
+        "$@"
+    fi
+}
+
+# The pool of real images the generations draw from without replacement.
+mad dataset digits "$OUT/real" --resolution "$RES" --split train --seed "$SEED" --force
+mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
+mad mix --out "$OUT/gen0/train" --real "$OUT/real:$N_REAL" --seed "$SEED" --force
+
+samples=()
+excludes=()
+for ((t = 0; t < GENERATIONS; t++)); do
+    gen="$OUT/gen$t"
+    echo "== generation $t: $MODEL on $gen/train" >&2
+    mad train "$gen/train" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
+    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
+        --grid "$gen/grid.png" --device "$DEVICE"
+    samples+=("$gen/samples")
+    # Every real image generations 0..t trained on is spent.
+    excludes+=(--exclude-manifest "$gen/train/manifest.csv")
+    next=$((t + 1))
+    if ((next < GENERATIONS)); then
+        synthetic=()
+        if ((N_SYN > 0)); then synthetic=(--synthetic "$gen/samples:$N_SYN"); fi
+        mad mix --out "$OUT/gen$next/train" --real "$OUT/real:$N_REAL" "${synthetic[@]}" "${excludes[@]}" \
+            --seed "$((SEED + next))" --force
+    fi
 done
+
+echo "== colour drift of every generation against the real pool" >&2
+report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
+echo "== distance to held-out real digits (digits feature space)" >&2
+report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
+    --device "$DEVICE"
+echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2

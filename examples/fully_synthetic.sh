@@ -1,22 +1,86 @@
 #!/usr/bin/env bash
 # Fully synthetic loop (Alemohammad et al. 2023, "Self-Consuming Generative Models Go MAD", Sec. 3).
 #
-# Generation 0 trains on real data only. Every later generation t trains ONLY on the samples
+#   real ─ mix ─ train ─ sample ─ mix ─ train ─ sample ─ mix ─ train ─ sample ...
+#          gen0 ───────────┘ gen1 ──────────────┘ gen2 ──────────────┘
+#
+# Generation 0 trains on N real digits. Every later generation t trains ONLY on the N samples
 # of generation t-1: no real image ever comes back. The paper shows that quality (precision)
 # or diversity (recall) then degrades from generation to generation: the model goes MAD.
-# Sampling with bias (psi < 1) keeps quality longer but loses diversity faster.
+# Sampling with bias (PSI < 1) keeps quality longer but loses diversity faster.
 #
-# For now this script only prints the `mad mix` calls that compose each generation's
-# training folder; the train/sample steps join it once those subcommands exist.
+# At the end: the colour drift of every generation's samples against the real digits, and
+# their distance to the held-out test digits in the digits feature space (fd_digits, KID,
+# precision, recall, density, coverage). Look at $OUT/gen*/grid.png to see diversity vanish.
+#
+# Settings (environment variables):
+#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds (the theory: its
+#                             variance shrinks generation by generation)
+#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#                             = the next generation's training set (at most 1,438 for gen 0)
+#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
+#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#
+# Re-running with the same settings resumes: dataset and mix are redone (same seeds, same
+# result), StyleGAN2 training continues from its latest snapshot, sampling completes only
+# the missing images.
 set -euo pipefail
 
+MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-runs/fully-synthetic}
 GENERATIONS=${GENERATIONS:-5}
-N=${N:-1000}          # training-set size per generation
+KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
+CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
+N=${N:-1000}                   # samples per generation = the next generation's training set
+PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
+RES=${RES:-16}                 # image size of the digits
+DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
+METRICS=${METRICS:-fid,kid,pr,dc}
+JSON=${JSON:-0}
 
-echo "mad dataset digits $OUT/data --resolution 32 --split train"
-echo "mad mix --out $OUT/gen0/train --real $OUT/data:$N --seed $SEED"
-for ((t = 1; t < GENERATIONS; t++)); do
-  echo "mad mix --out $OUT/gen$t/train --synthetic $OUT/gen$((t - 1))/samples:$N --seed $((SEED + t))"
+# StyleGAN2-only flags; `mad train --model gaussian` refuses them.
+train_flags=()
+if [ "$MODEL" = stylegan2 ]; then
+    train_flags=(--cfg "$CFG" --kimg "$KIMG" --resume latest --device "$DEVICE")
+fi
+
+# report NAME CMD...: the result table on stdout, or with JSON=1 JSON lines in $OUT/NAME.jsonl.
+report() {
+    local name=$1
+    shift
+    if [ "$JSON" = 1 ]; then
+        "$@" --json >"$OUT/$name.jsonl.tmp"
+        mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
+        echo "wrote $OUT/$name.jsonl" >&2
+    else
+        "$@"
+    fi
+}
+
+mad dataset digits "$OUT/real" --resolution "$RES" --split train --seed "$SEED" --force
+mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
+mad mix --out "$OUT/gen0/train" --real "$OUT/real:$N" --seed "$SEED" --force
+
+samples=()
+for ((t = 0; t < GENERATIONS; t++)); do
+    gen="$OUT/gen$t"
+    echo "== generation $t: $MODEL on $gen/train" >&2
+    mad train "$gen/train" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
+    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
+        --grid "$gen/grid.png" --device "$DEVICE"
+    samples+=("$gen/samples")
+    if ((t + 1 < GENERATIONS)); then
+        # Only the last generation's samples: the fully synthetic loop forgets everything older.
+        mad mix --out "$OUT/gen$((t + 1))/train" --synthetic "$gen/samples:$N" --seed "$((SEED + t + 1))" --force
+    fi
 done
+
+echo "== colour drift of every generation against the real digits" >&2
+report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
+echo "== distance to held-out real digits (digits feature space)" >&2
+report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
+    --device "$DEVICE"
+echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2

@@ -1,32 +1,107 @@
 #!/usr/bin/env bash
-# Synthetic augmentation loop (Alemohammad et al. 2023, Sec. 4).
+# Synthetic augmentation loop (Alemohammad et al. 2023, "Self-Consuming Generative Models Go MAD", Sec. 4).
 #
-# Every generation trains on the SAME fixed real set plus synthetic samples of earlier
-# generations: here half real, half synthetic, the synthetic half drawn from all earlier
-# generations' samples (accumulate: one --synthetic per earlier generation). Because the
-# real data never changes, the paper finds this only delays MAD: with enough synthetic
-# data the loop still drifts away from the real distribution.
+#   fixed real ─┬──────────────┬───────────────────┬─ ...
+#               mix ─ train ─ sample   mix ─ train ─ sample   mix ─ train ─ sample
+#              gen0 ───────────┴─────────┤gen1 ───────────┴─────────┤gen2
+#                                        (all earlier generations' samples)
 #
-# For now this script only prints the `mad mix` calls that compose each generation's
-# training folder; the train/sample steps join it once those subcommands exist.
+# Every generation trains on the SAME fixed set of N_REAL real digits plus N - N_REAL
+# synthetic images drawn from the samples of ALL earlier generations (accumulate: one
+# `--synthetic` per earlier generation, the synthetic share split evenly between them;
+# generation 0 trains on the real set alone). Because the real data never changes, the
+# paper finds this only delays MAD: with enough synthetic data the loop still drifts away
+# from the real distribution, more slowly than the fully synthetic loop.
+#
+# At the end: the colour drift of every generation's samples against the fixed real set,
+# and their distance to the held-out test digits in the digits feature space (fd_digits,
+# KID, precision, recall, density, coverage). Sample grids in $OUT/gen*/grid.png.
+#
+# Settings (environment variables):
+#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds
+#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#                             = the training-set size of generations >= 1
+#   N_REAL                    size of the fixed real set (default N/2, at most 1,438)
+#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
+#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#
+# Re-running with the same settings resumes: dataset and mix are redone (same seeds, same
+# result), StyleGAN2 training continues from its latest snapshot, sampling completes only
+# the missing images.
 set -euo pipefail
 
+MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-runs/synthetic-augmentation}
 GENERATIONS=${GENERATIONS:-5}
-N=${N:-1000}          # training-set size per generation
+KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
+CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
+N=${N:-1000}                   # samples per generation = training-set size from generation 1 on
+N_REAL=${N_REAL:-$((N / 2))}   # the fixed real set, the same images in every generation
+PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
+RES=${RES:-16}                 # image size of the digits
+DEVICE=${DEVICE:-auto}
 SEED=${SEED:-0}
+METRICS=${METRICS:-fid,kid,pr,dc}
+JSON=${JSON:-0}
 
-HALF=$((N / 2))
-# The fixed real set: the same HALF real images in every generation (no count = all of them).
-echo "mad dataset digits $OUT/data --resolution 32 --split train --limit $HALF"
-echo "mad mix --out $OUT/gen0/train --real $OUT/data --seed $SEED"
-for ((t = 1; t < GENERATIONS; t++)); do
-  # The synthetic half is split evenly over generations 0..t-1 (the last one takes the rest).
-  synth=""
-  for ((s = 0; s < t; s++)); do
-    share=$(((N - HALF) / t))
-    if ((s == t - 1)); then share=$((N - HALF - share * (t - 1))); fi
-    synth+=" --synthetic $OUT/gen$s/samples:$share"
-  done
-  echo "mad mix --out $OUT/gen$t/train --real $OUT/data$synth --total $N --seed $((SEED + t))"
+N_SYN=$((N - N_REAL))          # synthetic images per training set, over all earlier generations
+if ((N_REAL < 1 || N_SYN < 0)); then
+    echo "N_REAL=$N_REAL: must be between 1 and N=$N" >&2
+    exit 2
+fi
+
+# StyleGAN2-only flags; `mad train --model gaussian` refuses them.
+train_flags=()
+if [ "$MODEL" = stylegan2 ]; then
+    train_flags=(--cfg "$CFG" --kimg "$KIMG" --resume latest --device "$DEVICE")
+fi
+
+# report NAME CMD...: the result table on stdout, or with JSON=1 JSON lines in $OUT/NAME.jsonl.
+report() {
+    local name=$1
+    shift
+    if [ "$JSON" = 1 ]; then
+        "$@" --json >"$OUT/$name.jsonl.tmp"
+        mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
+        echo "wrote $OUT/$name.jsonl" >&2
+    else
+        "$@"
+    fi
+}
+
+# The fixed real set: the first N_REAL digits of the train split in a seeded order, written once.
+mad dataset digits "$OUT/real" --resolution "$RES" --split train --limit "$N_REAL" --seed "$SEED" --force
+mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
+mad mix --out "$OUT/gen0/train" --real "$OUT/real" --seed "$SEED" --force
+
+samples=()
+for ((t = 0; t < GENERATIONS; t++)); do
+    gen="$OUT/gen$t"
+    echo "== generation $t: $MODEL on $gen/train" >&2
+    mad train "$gen/train" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
+    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
+        --grid "$gen/grid.png" --device "$DEVICE"
+    samples+=("$gen/samples")
+    next=$((t + 1))
+    if ((next < GENERATIONS)); then
+        # The whole real set, plus N_SYN synthetic split evenly over generations 0..t
+        # (the most recent one takes the remainder).
+        synthetic=()
+        share=$((N_SYN / next))
+        for ((s = 0; s < next; s++)); do
+            count=$share
+            if ((s == t)); then count=$((N_SYN - share * t)); fi
+            if ((count > 0)); then synthetic+=(--synthetic "$OUT/gen$s/samples:$count"); fi
+        done
+        mad mix --out "$OUT/gen$next/train" --real "$OUT/real" "${synthetic[@]}" --seed "$((SEED + next))" --force
+    fi
 done
+
+echo "== colour drift of every generation against the fixed real set" >&2
+report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
+echo "== distance to held-out real digits (digits feature space)" >&2
+report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
+    --device "$DEVICE"
+echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2
