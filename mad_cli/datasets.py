@@ -127,7 +127,7 @@ def write_digits(
     base_tags = provenance_tags("real")
     counts = np.bincount(labels[written], minlength=10)
 
-    with StagedFolder(out, force=force) as staged, progress(len(written), "digits") as bar:
+    with StagedFolder(out, force=force, flag="OUT") as staged, progress(len(written), "digits") as bar:
         rows = []
         for index in written:
             name = f"{index:04d}.png"

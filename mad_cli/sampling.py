@@ -400,6 +400,8 @@ def sample_snapshot(
     if generation is None:
         expected["generation"] = None  # type: ignore[assignment]
     done = _existing_samples(out_p, expected, force)
+    if grid_p is not None:
+        _check_grid_target(grid_p)  # before generating: a bad --grid must not cost the whole run
     out_p = prepare_output_dir(out_p, force=True, flag="OUT")
     if force:
         done = set()
@@ -452,6 +454,20 @@ def sample_snapshot(
         "device": str(dev),
         "grid": str(grid_p) if grid_p is not None else None,
     }
+
+
+def _check_grid_target(grid: Path) -> None:
+    """The contact sheet is written last; a place we cannot write to is a user error found first."""
+    if grid.is_dir():
+        raise MadError(f"--grid {grid}: is a folder; give a file name ending in .png")
+    try:
+        grid.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MadError(f"--grid {grid}: {grid.parent} is not a folder (a file is in the way)") from None
+    except OSError as exc:
+        raise MadError(f"--grid {grid}: cannot create its folder ({exc.strerror or exc})") from None
+    if not os.access(grid.parent, os.W_OK | os.X_OK):
+        raise MadError(f"--grid {grid}: folder {grid.parent} is not writable")
 
 
 def _read_sample(path: Path, shape: tuple[int, int, int]) -> np.ndarray:

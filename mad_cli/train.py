@@ -42,8 +42,12 @@ def train(
         given = [flag for flag, value in stylegan_only.items() if value is not None]
         if given:
             raise MadError(f"{given[0]}: only applies to --model stylegan2 (the Gaussian is fitted in closed form)")
+        from mad_cli.devices import resolve_device
         from mad_cli.models.gaussian import fit_gaussian_folder
 
+        # The fit is a few seconds of CPU linear algebra and runs there on any machine, but a
+        # bad or unavailable --device must still fail as it does for StyleGAN2, not be ignored.
+        resolve_device(device)
         return fit_gaussian_folder(data, out, seed=seed)
     if model != "stylegan2":
         raise MadError(f"--model {model}: expected one of {', '.join(MODELS)}")

@@ -219,26 +219,3 @@ def test_bad_input_unwritable_out(tmp_path: Path, make_images, run_cli, kind: st
     assert len(lines) == 1 and message in lines[0] and str(out) in lines[0]
     assert blocker.read_text() == "a file, not a folder"
     assert _tree_hash(src) == before
-
-
-@pytest.mark.parametrize("script", ["fully_synthetic.sh", "synthetic_augmentation.sh", "fresh_data.sh"])
-def test_example_loops_print_valid_commands(script: str) -> None:
-    """The example loops run, and every command they print parses with today's flags."""
-    import shlex
-
-    from mad_cli.mix import parse_source
-
-    res = subprocess.run(["bash", str(REPO / "examples" / script)], capture_output=True, text=True, timeout=60, env={**os.environ, "GENERATIONS": "3"})
-    assert res.returncode == 0, res.stderr
-    lines = [shlex.split(ln) for ln in res.stdout.splitlines() if ln.strip()]
-    assert lines and all(words[0] == "mad" for words in lines)
-    mix_calls = [words[2:] for words in lines if words[1] == "mix"]
-    assert len(mix_calls) == 3
-    for words in lines:
-        if words[1:3] == ["dataset", "digits"]:
-            ROOT.commands["dataset"].commands["digits"].make_context("digits", words[3:])
-    for args in mix_calls:
-        ctx = ROOT.commands["mix"].make_context("mix", list(args))  # raises on unknown flags
-        for origin in ("real", "synthetic"):
-            for spec in ctx.params[origin] or []:
-                parse_source(spec, origin)

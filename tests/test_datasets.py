@@ -120,7 +120,7 @@ def test_bad_arguments_write_nothing(tmp_path: Path, kwargs: dict, message: str)
 def test_refuses_non_empty_and_force_replaces_earlier_result(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_digits(out, resolution=8, limit=20)
-    with pytest.raises(MadError, match="not empty"):
+    with pytest.raises(MadError, match="^OUT .*not empty"):  # OUT is positional: no --out flag to name
         write_digits(out, resolution=8, limit=20)
     (out / "mine.txt").write_text("user file")
     write_digits(out, resolution=8, limit=5, split="test", force=True)

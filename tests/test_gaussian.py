@@ -159,3 +159,5 @@ def test_fit_folder_bad_input(tmp_path: Path, make_images) -> None:
         fit_gaussian_folder(tmp_path / "empty", tmp_path / "run3")
     with pytest.raises(MadError, match="inside source"):
         fit_gaussian_folder(tmp_path / "one", tmp_path / "one" / "run")
+    # A failed fit leaves no empty RUN folder behind (it would look like a run).
+    assert not any((tmp_path / name).exists() for name in ("run1", "run2", "run3"))

@@ -210,6 +210,17 @@ def test_cli_bad_flags(gauss_run: Path, tmp_path: Path, run_cli, args: list[str]
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where, message", [("file/grid.png", "a file is in the way"), ("dir.png", "is a folder")])
+def test_cli_unwritable_grid_fails_before_sampling(gauss_run: Path, tmp_path: Path, run_cli, where: str, message: str) -> None:
+    (tmp_path / "file").write_text("in the way")
+    (tmp_path / "dir.png").mkdir()
+    result = run_cli("sample", gauss_run / "latest.pt", tmp_path / "out", "--n", "2", "--device", "cpu", "--grid", tmp_path / where)
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("mad: error: --grid") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any image was drawn
+
+
 @pytest.mark.parametrize("kind", ["truncated", "foreign", "text", "missing"])
 def test_cli_bad_snapshots(gauss_run: Path, tmp_path: Path, run_cli, kind: str) -> None:
     bad = tmp_path / "bad.pt"

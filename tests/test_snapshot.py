@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -130,3 +131,26 @@ def test_plain_pickle_goes_to_nvidia_importer(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"format": "mad.gaussian", "version": 1, "x": Path("/")}, protocol=4))
     with pytest.raises(MadError, match="refusing to load"):
         load_snapshot(path)
+
+
+class _RunsCode:
+    """Unpickling this would touch a marker file: what a hostile snapshot would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_torch_file_that_runs_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mad.stylegan2", "version": 1, "G": _RunsCode(marker)}, path)
+    with pytest.raises(MadError, match="refusing to load") as info:
+        load_snapshot(path)
+    assert not marker.exists()
+    message = str(info.value)
+    assert "system" in message and "\n" not in message
+    # torch's own advice (retry with weights_only=False) would run the code: never echo it.
+    assert "weights_only" not in message

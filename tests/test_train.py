@@ -132,6 +132,34 @@ def test_resume_latest_restarts_a_run_killed_before_its_first_snapshot(tmp_path,
     assert json.loads((out / "config.json").read_text())["cfg"] == "tiny"
 
 
+def test_resume_snapshot_restarts_a_finetune_run_killed_before_its_first_snapshot(tmp_path, run_cli, one_thread):
+    data = tmp_path / "data"
+    for i in range(8):
+        _png(data / f"{i}.png", 8, 8)
+    base = tmp_path / "gen0"
+    args = ["--cfg", "tiny", "--batch", "8", "--kimg", "0.008", "--device", "cpu"]
+    assert run_cli("train", data, "--out", base, *args).exit_code == 0
+    out = tmp_path / "gen1"
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # what a kill before the first snapshot leaves
+    res = run_cli("train", data, "--out", out, *args, "--resume", base / "latest.pt")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(base / "latest.pt")
+
+
+def test_continued_run_warns_only_about_flags_that_differ(tmp_path, run_cli, one_thread):
+    data = tmp_path / "data"
+    for i in range(8):
+        _png(data / f"{i}.png", 8, 8)
+    out = tmp_path / "run"
+    args = ["train", data, "--out", out, "--cfg", "tiny", "--batch", "8", "--device", "cpu", "--resume", "latest"]
+    assert run_cli(*args, "--kimg", "0.008").exit_code == 0
+    same = run_cli(*args, "--kimg", "0.016")
+    assert same.exit_code == 0 and "ignored" not in same.stderr
+    other = run_cli(*args, "--kimg", "0.024", "--gamma", "3")
+    assert other.exit_code == 0 and "--gamma ignored" in other.stderr and "--cfg" not in other.stderr
+
+
 @pytest.mark.parametrize(
     "case,expect",
     [
@@ -190,11 +218,39 @@ def test_resume_from_a_gaussian_snapshot_is_refused(tmp_path, run_cli, make_imag
     assert res.exit_code == 1 and "not StyleGAN2" in _error_line(res)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU exists")
-def test_cuda_without_gpu_exit_1(tmp_path, run_cli, make_images):
+@pytest.mark.parametrize("kind", ["corrupted", "foreign", "pickle"])
+def test_resume_from_a_bad_snapshot_is_one_line_and_writes_nothing(tmp_path, run_cli, make_images, kind):
     make_images(tmp_path / "data", 4, size=8, channels=1)
-    res = run_cli("train", tmp_path / "data", "--out", tmp_path / "run", "--device", "cuda")
+    bad = tmp_path / "bad.pt"
+    if kind == "corrupted":  # a real snapshot cut short, as a full disk or a killed copy leaves it
+        assert run_cli("train", tmp_path / "data", "--out", tmp_path / "g", "--model", "gaussian").exit_code == 0
+        data = (tmp_path / "g" / "latest.pt").read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":  # neither ours nor NVIDIA's
+        torch.save({"state_dict": {"w": torch.ones(2)}}, bad)
+    else:
+        bad = tmp_path / "bad.pkl"
+        bad.write_bytes(b"\x80\x04not really a pickle")
+    res = run_cli("train", tmp_path / "data", "--out", tmp_path / "run", "--resume", bad, "--device", "cpu")
+    assert res.exit_code == 1
+    assert str(bad) in _error_line(res)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU exists")
+@pytest.mark.parametrize("model", ["stylegan2", "gaussian"])
+def test_cuda_without_gpu_exit_1(tmp_path, run_cli, make_images, model):
+    make_images(tmp_path / "data", 4, size=8, channels=1)
+    res = run_cli("train", tmp_path / "data", "--out", tmp_path / "run", "--device", "cuda", "--model", model)
     assert res.exit_code == 1 and "--device cuda" in _error_line(res)
+    assert not (tmp_path / "run").exists()
+
+
+def test_gaussian_refuses_an_unknown_device(tmp_path, run_cli, make_images):
+    make_images(tmp_path / "data", 4, size=8, channels=1)
+    res = run_cli("train", tmp_path / "data", "--out", tmp_path / "run", "--model", "gaussian", "--device", "tpu")
+    assert res.exit_code == 1 and "--device tpu" in _error_line(res)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_from_a_generator_only_snapshot_trains_a_fresh_discriminator(tmp_path, run_cli, one_thread):

@@ -35,6 +35,7 @@ law by Monte Carlo over many independent loops (and the constant expectation at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -158,6 +159,8 @@ def sample_gaussian(model: dict[str, torch.Tensor], seeds: list[int] | range, ps
 def _load_folder(data: Path, channels: int | None) -> tuple[np.ndarray, tuple[int, int, int], list[Path]]:
     """All images as an n × D float64 array in [-1, 1]; all must share one size."""
     paths = require_images(data)
+    if len(paths) < 2:
+        raise MadError(f"{data}: a Gaussian needs at least 2 images to estimate a covariance, found {len(paths)}")
     first = read_image(paths[0], channels)
     c = 1 if first.ndim == 2 else 3
     h, w = first.shape[:2]
@@ -198,11 +201,18 @@ def fit_gaussian_folder(
     if rank is not None and rank < 1:
         raise MadError(f"--rank {rank}: must be >= 1")
     require_images(data_p)
+    created = not Path(out_dir).exists()
     # Re-running the same command over its own earlier output refits (deterministically) in place.
     out = prepare_output_dir(out_dir, sources=[data_p], force=force or is_gaussian_run(out_dir), flag="--out")
-    x, (h, w, c), paths = _load_folder(data_p, channels)
-    n, dim = x.shape
-    model = fit_gaussian(x, max_full_dim=max_full_dim, rank=rank, seed=seed)
+    try:
+        x, (h, w, c), paths = _load_folder(data_p, channels)
+        n, dim = x.shape
+        model = fit_gaussian(x, max_full_dim=max_full_dim, rank=rank, seed=seed)
+    except BaseException:
+        if created:  # bad data must not leave an empty RUN behind that looks like a run
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     del x
     mode = "full" if dim <= max_full_dim else "lowrank"
     config = {

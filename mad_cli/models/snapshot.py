@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,11 @@ def load_snapshot(path: str | os.PathLike[str], map_location: Any = "cpu") -> di
     try:
         snap = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MadError(f"{p}: refusing to load: the file holds objects other than tensors and plain values ({first[:160]})") from None
+        # torch's message opens with advice to retry with weights_only=False (code execution):
+        # never pass that on; name only what the file asked for.
+        wanted = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        what = f"it asks for {wanted.group(1)}; " if wanted else ""
+        raise MadError(f"{p}: refusing to load: the file holds objects other than tensors and plain values ({what}nothing in it was run)") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as exc:
         msg = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise MadError(f"{p}: corrupted or truncated snapshot ({msg})") from None

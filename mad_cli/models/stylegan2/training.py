@@ -425,7 +425,12 @@ def train_stylegan2(
             )
         if config.get("gpus", 1) != dist.world:
             raise MadError(f"--resume latest: {resume_path} was trained with {config.get('gpus', 1)} process(es), this run has {dist.world}")
-        ignored = [flag for flag, value in (("--cfg", cfg), ("--batch", batch), ("--batch-gpu", batch_gpu), ("--gamma", gamma)) if value is not None]
+        # Loop scripts pass the same flags on every re-run: only a flag that asks for
+        # something other than the stored config deserves a warning.
+        stored = {"--cfg": config.get("cfg"), "--batch": config.get("batch"), "--batch-gpu": config.get("batch_gpu"),
+                  "--gamma": config.get("loss_kwargs", {}).get("r1_gamma")}
+        given = {"--cfg": cfg, "--batch": batch, "--batch-gpu": batch_gpu, "--gamma": None if gamma is None else float(gamma)}
+        ignored = [flag for flag, value in given.items() if value is not None and value != stored[flag]]
         if ignored and dist.rank == 0:
             from mad_cli.output import warn
 
@@ -477,7 +482,7 @@ def train_stylegan2(
         try:
             if mode == "continue":
                 prepare_output_dir(out_path, sources=[data], force=True)
-            elif mode == "fresh" and resume == "latest" and _restartable(out_path):
+            elif (mode == "init" or resume == "latest") and _restartable(out_path):
                 prepare_output_dir(out_path, sources=[data], force=True)  # killed before its first snapshot: start over
             else:
                 if out_path.exists() and (out_path / "latest.pt").exists():
