@@ -307,7 +307,8 @@ def place_file(src: Path, dst: Path, link: str = "copy") -> None:
         raise
 
 
-def _is_within(child: Path, parent: Path) -> bool:
+def is_within(child: Path, parent: Path) -> bool:
+    """True when `child` is `parent` or lies below it, after resolving links."""
     try:
         child.resolve().relative_to(parent.resolve())
         return True
@@ -323,9 +324,9 @@ def prepare_output_dir(out: str | os.PathLike[str], *, sources: Iterable[str | o
     """
     target = Path(out)
     for src in sources:
-        if _is_within(target, Path(src)):
+        if is_within(target, Path(src)):
             raise MadError(f"{flag} {target}: is inside source folder {src}; choose a folder outside it")
-        if _is_within(Path(src), target) and force:
+        if is_within(Path(src), target) and force:
             raise MadError(f"{flag} {target}: contains source folder {src}; choose another folder")
     if target.exists() and not target.is_dir():
         raise MadError(f"{flag} {target}: exists and is not a folder")

@@ -35,7 +35,7 @@ import torch
 
 from mad_cli.devices import resolve_device
 from mad_cli.errors import MadError
-from mad_cli.imagedir import prepare_output_dir, provenance_tags, read_image, read_tags, write_png
+from mad_cli.imagedir import is_within, prepare_output_dir, provenance_tags, read_image, read_tags, write_png
 from mad_cli.models.snapshot import load_snapshot, snapshot_id
 
 NOISE_MODES = ("const", "random", "none")
@@ -319,14 +319,6 @@ def write_contact_sheet(path: str | os.PathLike[str], images: np.ndarray, tags: 
     return target
 
 
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 # ---------------------------------------------------------------------------------------
 # The command
 
@@ -386,7 +378,7 @@ def sample_snapshot(
     if grid_p is not None:
         if grid_p.suffix.lower() != ".png":
             raise MadError(f"--grid {grid_p}: must end in .png")
-        if _is_within(grid_p.parent, out_p):
+        if is_within(grid_p.parent, out_p):
             raise MadError(f"--grid {grid_p}: is inside OUT {out_p}, where it would be taken for a training image; put it elsewhere")
     dev = resolve_device(device)
     snap_path = resolve_snapshot_path(snapshot)
