@@ -14,39 +14,27 @@
 # Re-running the script resumes: finished steps are kept, interrupted ones completed.
 set -euo pipefail
 
-MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-demo-out}
 GENERATIONS=${GENERATIONS:-3}
 KIMG=${KIMG:-8}                # StyleGAN2 training length per generation (thousands of images shown)
+CFG=tiny                       # always the CPU-sized StyleGAN2 preset (CFG is not a demo setting)
 N=${N:-1000}                   # samples per generation = the next generation's training set
-PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
-RES=${RES:-16}                 # image size of the digits
-DEVICE=${DEVICE:-auto}
-SEED=${SEED:-0}
-
-train_flags=()
-if [ "$MODEL" = stylegan2 ]; then
-    train_flags=(--cfg tiny --kimg "$KIMG" --resume latest --device "$DEVICE")
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/_loop.sh"  # the other settings and the shared steps
 
 mad dataset digits "$OUT/real" --resolution "$RES" --split train --seed "$SEED" --force
 mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
 
 train_dir="$OUT/real"
-samples=()
 for ((t = 0; t < GENERATIONS; t++)); do
-    gen="$OUT/gen$t"
-    echo "== generation $t: $MODEL on $train_dir" >&2
-    mad train "$train_dir" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
-    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
-        --grid "$gen/grid.png" --device "$DEVICE"
-    samples+=("$gen/samples")
+    train_step "$t" "$train_dir"
+    sample_step "$t"
     if ((t + 1 < GENERATIONS)); then
-        mad mix --out "$OUT/gen$((t + 1))/train" --synthetic "$gen/samples" --seed "$((SEED + t))" --force
+        mad mix --out "$OUT/gen$((t + 1))/train" --synthetic "$OUT/gen$t/samples" --seed "$((SEED + t))" --force
         train_dir="$OUT/gen$((t + 1))/train"
     fi
 done
 
+# Always tables on stdout (the README shows them), with the real train digits as a baseline row.
 echo "== colour drift of every generation against the real digits" >&2
 mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
 echo "== distance to held-out real digits (digits feature space)" >&2

@@ -28,59 +28,24 @@
 # the missing images.
 set -euo pipefail
 
-MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-runs/fully-synthetic}
 GENERATIONS=${GENERATIONS:-5}
-KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
-CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
 N=${N:-1000}                   # samples per generation = the next generation's training set
-PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
-RES=${RES:-16}                 # image size of the digits
-DEVICE=${DEVICE:-auto}
-SEED=${SEED:-0}
-METRICS=${METRICS:-fid,kid,pr,dc}
-JSON=${JSON:-0}
-
-# StyleGAN2-only flags; `mad train --model gaussian` refuses them.
-train_flags=()
-if [ "$MODEL" = stylegan2 ]; then
-    train_flags=(--cfg "$CFG" --kimg "$KIMG" --resume latest --device "$DEVICE")
-fi
-
-# report NAME CMD...: the result table on stdout, or with JSON=1 JSON lines in $OUT/NAME.jsonl.
-report() {
-    local name=$1
-    shift
-    if [ "$JSON" = 1 ]; then
-        "$@" --json >"$OUT/$name.jsonl.tmp"
-        mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
-        echo "wrote $OUT/$name.jsonl" >&2
-    else
-        "$@"
-    fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/_loop.sh"  # the other settings and the shared steps
 
 mad dataset digits "$OUT/real" --resolution "$RES" --split train --seed "$SEED" --force
 mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
 mad mix --out "$OUT/gen0/train" --real "$OUT/real:$N" --seed "$SEED" --force
 
-samples=()
 for ((t = 0; t < GENERATIONS; t++)); do
     gen="$OUT/gen$t"
-    echo "== generation $t: $MODEL on $gen/train" >&2
-    mad train "$gen/train" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
-    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
-        --grid "$gen/grid.png" --device "$DEVICE"
-    samples+=("$gen/samples")
+    train_step "$t" "$gen/train"
+    sample_step "$t"
     if ((t + 1 < GENERATIONS)); then
         # Only the last generation's samples: the fully synthetic loop forgets everything older.
         mad mix --out "$OUT/gen$((t + 1))/train" --synthetic "$gen/samples:$N" --seed "$((SEED + t + 1))" --force
     fi
 done
 
-echo "== colour drift of every generation against the real digits" >&2
-report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
-echo "== distance to held-out real digits (digits feature space)" >&2
-report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
-    --device "$DEVICE"
+evaluate "the real digits"
 echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2

@@ -46,16 +46,9 @@
 # sampling completes only the missing images, finished reviews are kept.
 set -euo pipefail
 
-MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
 OUT=${OUT:-runs/human-filter}
 GENERATIONS=${GENERATIONS:-5}
-KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
-CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
 N=${N:-400}                    # samples per generation (the thesis' participants saw 400)
-PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
-RES=${RES:-16}                 # image size of the digits
-DEVICE=${DEVICE:-auto}
-SEED=${SEED:-0}
 REVIEW=${REVIEW:-0}            # 1: a person filters in the browser
 REVIEWER=${REVIEWER:-${USER:-$(id -un)}}
 PORT=${PORT:-8765}
@@ -63,8 +56,7 @@ OPEN=${OPEN:-0}
 EXAMPLES=${EXAMPLES:-}
 AUTO_FILTER=${AUTO_FILTER:---by classifier --by artifacts:keep=0.8}
 FINETUNE=${FINETUNE:-0}        # 1: initialise each generation from the previous one (StyleGAN2)
-METRICS=${METRICS:-fid,kid,pr,dc}
-JSON=${JSON:-0}
+source "$(dirname "${BASH_SOURCE[0]}")/_loop.sh"  # the other settings and the shared steps
 
 if [ "$FINETUNE" = 1 ] && [ "$MODEL" != stylegan2 ]; then
     echo "FINETUNE=1 needs MODEL=stylegan2 (a Gaussian is fitted in closed form: nothing to fine-tune)" >&2
@@ -75,40 +67,18 @@ review_flags=(--reviewer "$REVIEWER" --port "$PORT")
 if [ "$OPEN" = 1 ]; then review_flags+=(--open); fi
 if [ -n "$EXAMPLES" ]; then review_flags+=(--examples "$EXAMPLES"); fi
 
-# report NAME CMD...: the result table on stdout, or with JSON=1 JSON lines in $OUT/NAME.jsonl.
-report() {
-    local name=$1
-    shift
-    if [ "$JSON" = 1 ]; then
-        "$@" --json >"$OUT/$name.jsonl.tmp"
-        mv "$OUT/$name.jsonl.tmp" "$OUT/$name.jsonl"
-        echo "wrote $OUT/$name.jsonl" >&2
-    else
-        "$@"
-    fi
-}
-
 mad dataset digits "$OUT/real" --resolution "$RES" --split train --seed "$SEED" --force
 mad dataset digits "$OUT/real-test" --resolution "$RES" --split test --seed "$SEED" --force
 mad mix --out "$OUT/gen0/train" --real "$OUT/real:$N" --seed "$SEED" --force
 
-samples=()
 for ((t = 0; t < GENERATIONS; t++)); do
     gen="$OUT/gen$t"
-    echo "== generation $t: $MODEL on $gen/train" >&2
-    # StyleGAN2-only flags; `mad train --model gaussian` refuses them.
-    train_flags=()
-    if [ "$MODEL" = stylegan2 ]; then
-        resume=latest  # continue this generation's run (or start it)
-        if [ "$FINETUNE" = 1 ] && ((t > 0)) && [ ! -f "$gen/run/latest.pt" ]; then
-            resume="$OUT/gen$((t - 1))/run/latest.pt"  # start from the previous generation's weights
-        fi
-        train_flags=(--cfg "$CFG" --kimg "$KIMG" --resume "$resume" --device "$DEVICE")
+    resume=latest  # continue this generation's run (or start it)
+    if [ "$FINETUNE" = 1 ] && ((t > 0)) && [ ! -f "$gen/run/latest.pt" ]; then
+        resume="$OUT/gen$((t - 1))/run/latest.pt"  # start from the previous generation's weights
     fi
-    mad train "$gen/train" --out "$gen/run" --model "$MODEL" --seed "$((SEED + t))" "${train_flags[@]}"
-    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
-        --grid "$gen/grid.png" --device "$DEVICE"
-    samples+=("$gen/samples")
+    train_step "$t" "$gen/train" "$resume"
+    sample_step "$t"
     next=$((t + 1))
     if ((next >= GENERATIONS)); then break; fi  # nobody trains on the last generation: no filter
 
@@ -137,9 +107,5 @@ for ((t = 0; t < GENERATIONS; t++)); do
     mad mix --out "$OUT/gen$next/train" --synthetic "$gen/kept" --seed "$((SEED + next))" --force
 done
 
-echo "== colour drift of every generation against the real digits" >&2
-report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
-echo "== distance to held-out real digits (digits feature space)" >&2
-report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
-    --device "$DEVICE"
+evaluate "the real digits"
 echo "== done: grids in $OUT/gen*/grid.png, kept/rejected in $OUT/gen*/kept|rejected" >&2

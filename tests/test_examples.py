@@ -77,7 +77,7 @@ def _run_script(script: Path, out: Path, cache: Path, settings: dict[str, str]) 
 
 
 def _scripts() -> list[Path]:
-    return sorted(EXAMPLES.glob("*.sh"))
+    return sorted(s for s in EXAMPLES.glob("*.sh") if not s.name.startswith("_"))  # _loop.sh: sourced steps
 
 
 @pytest.fixture(scope="module")
