@@ -230,10 +230,9 @@ def realism_scores(real: np.ndarray, samples: np.ndarray, k: int = REALISM_K, ra
     samples = np.asarray(samples, dtype=np.float64)
     if len(real) <= k:
         raise MadError(f"--ref: realism needs more than {k} real images, got {len(real)}")
-    radii = np.empty(len(real))
-    for start in range(0, len(real), batch):
-        d = _squared_distances(real[start : start + batch], real)
-        radii[start : start + batch] = np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself
+    from mad_cli.metrics import knn_sq_radii  # torch-heavy: only the feature rules pay for it
+
+    radii = knn_sq_radii(real, k).numpy()  # the same neighbourhoods as `mad metrics` precision/recall
     cutoff = np.percentile(radii, radius_percentile)
     usable = radii <= cutoff
     radii_used = radii[usable]

@@ -21,6 +21,17 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 
 
 @pytest.fixture
+def one_thread():
+    """Deterministic, contention-proof CPU training runs (the thread count subprocesses use too)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def make_images():
     """make_images(folder, n, size=16, channels=3, seed=0, tags=None) -> list of paths."""
 

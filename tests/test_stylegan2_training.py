@@ -24,15 +24,6 @@ from mad_cli.models.stylegan2.training import build_networks, snapshot_name, tra
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def one_thread():
-    """Deterministic, contention-proof CPU runs (and the same thread count as the subprocesses)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

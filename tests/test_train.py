@@ -12,14 +12,6 @@ import torch
 from mad_cli.imagedir import write_png
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _png(path: Path, h: int, w: int, channels: int = 1, value: int | None = None) -> Path:
     rng = np.random.default_rng(abs(hash((path.name, h, w))) % 2**32)
     shape = (h, w) if channels == 1 else (h, w, 3)
