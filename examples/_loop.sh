@@ -20,38 +20,50 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
 fi
 
 # Settings every loop takes (environment variables; a default the script set before wins).
-MODEL=${MODEL:-stylegan2}      # stylegan2 or gaussian
-KIMG=${KIMG:-12}               # StyleGAN2 training length per generation (thousands of images shown)
-CFG=${CFG:-tiny}               # StyleGAN2 preset: tiny/small on CPU, auto on a GPU
-PSI=${PSI:-1.0}                # sampling bias λ (truncation psi); < 1 trades diversity for quality
-RES=${RES:-16}                 # image size of the digits
 DEVICE=${DEVICE:-auto}
+has_gpu() { [ "$DEVICE" != cpu ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+# ddpm learns the digits on a laptop CPU in minutes; StyleGAN2 stays the default on a GPU.
+if [ -z "${MODEL:-}" ]; then
+    if has_gpu; then MODEL=stylegan2; else MODEL=ddpm; fi
+fi
+CFG=${CFG:-}                   # the model's preset (default: mad's, e.g. tiny on CPU, auto/cifar32 on a GPU)
+KIMG=${KIMG:-}                 # training length per generation in thousands of images (default: the preset's)
+PSI=${PSI:-}                   # sampling bias of StyleGAN2/Gaussian: truncation psi (lambda = psi^2 for the Gaussian)
+GUIDANCE=${GUIDANCE:-}         # sampling bias of ddpm: classifier-free guidance w (lambda = 1/(1+w))
+RES=${RES:-8}                  # image size of the digits (8 is their native size; larger is a bicubic upscale)
 SEED=${SEED:-0}
 METRICS=${METRICS:-fid,kid,pr,dc}
-JSON=${JSON:-0}
+JSON=${JSON:-1}                # 1: results as JSON lines in $OUT/*.jsonl (what `mad report` draws); 0: tables
 
 samples=()  # every generation's samples folder, in order: sample_step appends, evaluate compares
 
 # train_step T TRAIN_DIR [RESUME]: `mad train` generation T's model on TRAIN_DIR into
-# $OUT/genT/run. StyleGAN2 also gets its preset, length, device and `--resume RESUME`
-# (default latest: continue this generation's run, or start it); `mad train --model gaussian`
-# refuses those flags.
+# $OUT/genT/run, with `--resume RESUME` (default latest: continue this generation's run, or
+# start it) and CFG/KIMG when they are set; anything in TRAIN_FLAGS is passed on as it is.
+# Every model takes the same command, so a new backend needs nothing here.
 train_step() {
     local t=$1 train_dir=$2 resume=${3:-latest}
-    local stylegan2_flags=()
-    if [ "$MODEL" = stylegan2 ]; then
-        stylegan2_flags=(--cfg "$CFG" --kimg "$KIMG" --resume "$resume" --device "$DEVICE")
-    fi
+    local flags=(--model "$MODEL" --seed "$((SEED + t))" --resume "$resume" --device "$DEVICE")
+    if [ -n "$CFG" ]; then flags+=(--cfg "$CFG"); fi
+    if [ -n "$KIMG" ]; then flags+=(--kimg "$KIMG"); fi
+    local extra=()
+    read -r -a extra <<<"${TRAIN_FLAGS:-}"
     echo "== generation $t: $MODEL on $train_dir" >&2
-    mad train "$train_dir" --out "$OUT/gen$t/run" --model "$MODEL" --seed "$((SEED + t))" "${stylegan2_flags[@]}"
+    mad train "$train_dir" --out "$OUT/gen$t/run" "${flags[@]}" "${extra[@]}"
 }
 
 # sample_step T: `mad sample` N images from generation T's latest snapshot into
-# $OUT/genT/samples (tagged generation T, sampling bias PSI) and a grid of them in
-# $OUT/genT/grid.png; the folder is appended to `samples`.
+# $OUT/genT/samples (tagged generation T, with the sampling bias PSI or GUIDANCE when set,
+# and SAMPLE_FLAGS as they are) and a grid of them in $OUT/genT/grid.png; the folder is
+# appended to `samples`.
 sample_step() {
     local t=$1 gen="$OUT/gen$1"
-    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --psi "$PSI" --generation "$t" \
+    local bias=()
+    if [ -n "$PSI" ]; then bias+=(--psi "$PSI"); fi
+    if [ -n "$GUIDANCE" ]; then bias+=(--guidance "$GUIDANCE"); fi
+    local extra=()
+    read -r -a extra <<<"${SAMPLE_FLAGS:-}"
+    mad sample "$gen/run/latest.pt" "$gen/samples" --n "$N" --generation "$t" "${bias[@]}" "${extra[@]}" \
         --grid "$gen/grid.png" --device "$DEVICE"
     samples+=("$gen/samples")
 }
@@ -70,13 +82,14 @@ report() {
 }
 
 # evaluate REF: the loop's results once every generation is sampled. `mad colorhist`: the
-# colour drift of every generation's samples against $OUT/real (called REF in the log), plot
-# in $OUT/colorhist.png; `mad metrics`: their distance to the held-out digits in
-# $OUT/real-test in the digits feature space (the METRICS chosen).
+# colour drift of every generation's samples against $OUT/real (or REAL_DIR; called REF in
+# the log), plot in $OUT/colorhist.png; `mad metrics`: their distance to the held-out digits
+# in $OUT/real-test (or TEST_DIR) in the digits feature space (the METRICS chosen).
 evaluate() {
+    local real=${REAL_DIR:-$OUT/real} test=${TEST_DIR:-$OUT/real-test}
     echo "== colour drift of every generation against $1" >&2
-    report colorhist mad colorhist "$OUT/real" "${samples[@]}" --plot "$OUT/colorhist.png"
+    report colorhist mad colorhist "$real" "${samples[@]}" --plot "$OUT/colorhist.png"
     echo "== distance to held-out real digits (digits feature space)" >&2
-    report metrics mad metrics "$OUT/real-test" "${samples[@]}" --features digits --metrics "$METRICS" \
+    report metrics mad metrics "$test" "${samples[@]}" --features digits --metrics "$METRICS" \
         --device "$DEVICE"
 }

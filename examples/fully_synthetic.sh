@@ -7,24 +7,25 @@
 # Generation 0 trains on N real digits. Every later generation t trains ONLY on the N samples
 # of generation t-1: no real image ever comes back. The paper shows that quality (precision)
 # or diversity (recall) then degrades from generation to generation: the model goes MAD.
-# Sampling with bias (PSI < 1) keeps quality longer but loses diversity faster.
+# Sampling with bias (PSI < 1, GUIDANCE > 0) keeps quality longer but loses diversity faster.
 #
 # At the end: the colour drift of every generation's samples against the real digits, and
 # their distance to the held-out test digits in the digits feature space (fd_digits, KID,
 # precision, recall, density, coverage). Look at $OUT/gen*/grid.png to see diversity vanish.
 #
 # Settings (environment variables):
-#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds (the theory: its
-#                             variance shrinks generation by generation)
-#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#   MODEL=ddpm|stylegan2|gaussian   default ddpm on a CPU, stylegan2 on a GPU; gaussian fits a
+#                             Gaussian to pixels in seconds (the paper's theory)
+#   OUT GENERATIONS N RES SEED DEVICE   as their names say; N = samples per generation
 #                             = the next generation's training set (at most 1,438 for gen 0)
-#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   KIMG CFG TRAIN_FLAGS      training length per generation, preset, other `mad train` flags
+#   PSI | GUIDANCE            sampling bias: --psi (StyleGAN2, Gaussian) or --guidance (ddpm)
 #   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
-#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
-#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#   JSON=1 (default)          write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder); JSON=0: tables
 #
 # Re-running with the same settings resumes: dataset and mix are redone (same seeds, same
-# result), StyleGAN2 training continues from its latest snapshot, sampling completes only
+# result), training continues from its latest snapshot, sampling completes only
 # the missing images.
 set -euo pipefail
 
@@ -49,3 +50,4 @@ done
 
 evaluate "the real digits"
 echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2
+mad report "$OUT" --out "$OUT/report.html" --png "$OUT/report.png"

@@ -22,7 +22,7 @@
 #              weakest cross-hatching peaks in the spectrum (what a person rejects as
 #              "artifacts"). Rejected images go to gen*/rejected for a look.
 #
-#   FINETUNE=1 (StyleGAN2 only) each generation starts from the previous generation's
+#   FINETUNE=1 (ddpm, StyleGAN2) each generation starts from the previous generation's
 #              weights (`mad train --resume genT-1/run/latest.pt`), as the thesis did; by
 #              default every generation trains from scratch, as the MAD paper did.
 #
@@ -31,18 +31,20 @@
 # in the digits feature space. Sample grids in $OUT/gen*/grid.png.
 #
 # Settings (environment variables):
-#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds
-#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#   MODEL=ddpm|stylegan2|gaussian   default ddpm on a CPU, stylegan2 on a GPU; gaussian fits a
+#                             Gaussian to pixels in seconds (the paper's theory)
+#   OUT GENERATIONS N RES SEED DEVICE   as their names say; N = samples per generation
 #                             (gen 0 trains on N real digits, at most 1,438)
-#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   KIMG CFG TRAIN_FLAGS      training length per generation, preset, other `mad train` flags
+#   PSI | GUIDANCE            sampling bias: --psi (StyleGAN2, Gaussian) or --guidance (ddpm)
 #   REVIEW REVIEWER PORT OPEN EXAMPLES   the review page (EXAMPLES: folder with good/ and bad/)
 #   AUTO_FILTER FINETUNE      see above
 #   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
-#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
-#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#   JSON=1 (default)          write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder); JSON=0: tables
 #
 # Re-running with the same settings resumes: dataset, mix and automatic filters are redone
-# (same seeds, same result), StyleGAN2 training continues from its latest snapshot,
+# (same seeds, same result), training continues from its latest snapshot,
 # sampling completes only the missing images, finished reviews are kept.
 set -euo pipefail
 
@@ -55,11 +57,11 @@ PORT=${PORT:-8765}
 OPEN=${OPEN:-0}
 EXAMPLES=${EXAMPLES:-}
 AUTO_FILTER=${AUTO_FILTER:---by classifier --by artifacts:keep=0.8}
-FINETUNE=${FINETUNE:-0}        # 1: initialise each generation from the previous one (StyleGAN2)
+FINETUNE=${FINETUNE:-0}        # 1: initialise each generation from the previous one (ddpm, StyleGAN2)
 source "$(dirname "${BASH_SOURCE[0]}")/_loop.sh"  # the other settings and the shared steps
 
-if [ "$FINETUNE" = 1 ] && [ "$MODEL" != stylegan2 ]; then
-    echo "FINETUNE=1 needs MODEL=stylegan2 (a Gaussian is fitted in closed form: nothing to fine-tune)" >&2
+if [ "$FINETUNE" = 1 ] && [ "$MODEL" = gaussian ]; then
+    echo "FINETUNE=1 needs a trained model (ddpm or stylegan2): a Gaussian is fitted in closed form, nothing to fine-tune" >&2
     exit 2
 fi
 read -r -a auto_filter <<<"$AUTO_FILTER"
@@ -109,3 +111,4 @@ done
 
 evaluate "the real digits"
 echo "== done: grids in $OUT/gen*/grid.png, kept/rejected in $OUT/gen*/kept|rejected" >&2
+mad report "$OUT" --out "$OUT/report.html" --png "$OUT/report.png"

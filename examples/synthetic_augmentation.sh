@@ -18,17 +18,19 @@
 # KID, precision, recall, density, coverage). Sample grids in $OUT/gen*/grid.png.
 #
 # Settings (environment variables):
-#   MODEL=stylegan2|gaussian  gaussian fits a Gaussian to pixels in seconds
-#   OUT GENERATIONS N PSI RES SEED DEVICE   as their names say; N = samples per generation
+#   MODEL=ddpm|stylegan2|gaussian   default ddpm on a CPU, stylegan2 on a GPU; gaussian fits a
+#                             Gaussian to pixels in seconds (the paper's theory)
+#   OUT GENERATIONS N RES SEED DEVICE   as their names say; N = samples per generation
 #                             = the training-set size of generations >= 1
 #   N_REAL                    size of the fixed real set (default N/2, at most 1,438)
-#   KIMG CFG                  StyleGAN2 only: training length per generation, --cfg preset
+#   KIMG CFG TRAIN_FLAGS      training length per generation, preset, other `mad train` flags
+#   PSI | GUIDANCE            sampling bias: --psi (StyleGAN2, Gaussian) or --guidance (ddpm)
 #   METRICS=fid,kid,pr,dc     which `mad metrics` to compute (KID is the slowest)
-#   JSON=1                    write the final colour/metrics results to $OUT/colorhist.jsonl
-#                             and $OUT/metrics.jsonl (one JSON object per folder) instead of tables
+#   JSON=1 (default)          write the final colour/metrics results to $OUT/colorhist.jsonl
+#                             and $OUT/metrics.jsonl (one JSON object per folder); JSON=0: tables
 #
 # Re-running with the same settings resumes: dataset and mix are redone (same seeds, same
-# result), StyleGAN2 training continues from its latest snapshot, sampling completes only
+# result), training continues from its latest snapshot, sampling completes only
 # the missing images.
 set -euo pipefail
 
@@ -69,3 +71,4 @@ done
 
 evaluate "the fixed real set"
 echo "== done: grids in $OUT/gen*/grid.png, colour plot in $OUT/colorhist.png" >&2
+mad report "$OUT" --out "$OUT/report.html" --png "$OUT/report.png"

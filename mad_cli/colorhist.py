@@ -56,11 +56,14 @@ from typing import Any
 
 import numpy as np
 
+from mad_cli import flags
 from mad_cli.errors import MadError
 from mad_cli.imagedir import atomic_open, iter_images, require_images
+from mad_cli.outputs import check_file_target
 
 SPACES = ("rgb", "hsv", "lab")
 MIN_BINS, MAX_BINS = 2, 64  # 64³ = 262,144 counts per histogram; more only costs memory.
+MAX_WORKERS = 256  # far above any core count; each worker holds two joint histograms
 
 # Pixels per vectorised batch: large enough that numpy's per-call overhead vanishes,
 # small enough (~ 8 64×64 images) that temporaries are reused from the heap instead of
@@ -118,8 +121,7 @@ def check_space(space: str) -> None:
 
 
 def check_bins(bins: int) -> None:
-    if not MIN_BINS <= int(bins) <= MAX_BINS:
-        raise MadError(f"--bins {bins}: must be between {MIN_BINS} and {MAX_BINS} (the joint histogram has bins³ cells)")
+    flags.count(bins, "--bins", low=MIN_BINS, high=MAX_BINS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -738,13 +740,9 @@ def _same_folder(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return str(a) == str(b)
 
 
-def _check_plot_path(plot: str | os.PathLike[str]) -> Path:
-    p = Path(plot)
-    if p.suffix.lower() != ".png":
-        raise MadError(f"--plot {p}: the plot is a PNG; give a file name ending in .png")
-    if p.exists() and p.is_dir():
-        raise MadError(f"--plot {p}: is a folder; give a file name ending in .png")
-    return p
+def _check_plot_path(plot: str | os.PathLike[str], folders: Sequence[str | os.PathLike[str]] = ()) -> Path:
+    """The plot is a PNG: inside a measured folder it would be read as an image by the next step."""
+    return check_file_target(plot, flag="--plot", inputs=[(f, "measured folder") for f in folders])
 
 
 def default_workers() -> int:
@@ -776,8 +774,7 @@ def iter_colorhist(
     """
     check_space(space)
     check_bins(bins)
-    if workers < 0:
-        raise MadError(f"--workers {workers}: must be 0 (in this process) or more")
+    flags.count(workers, "--workers", low=0, high=MAX_WORKERS)
     if not folders:
         raise MadError("no folders given")
     ref_in_list = ref is None or any(_same_folder(ref, f) for f in folders)
@@ -825,7 +822,9 @@ def colorhist(
 
     `on_row` sees each row as soon as it is ready (the CLI streams JSON lines that way).
     """
-    plot_path = _check_plot_path(plot) if plot is not None else None
+    check_space(space)
+    check_bins(bins)
+    plot_path = _check_plot_path(plot, [*folders, *([ref] if ref is not None else [])]) if plot is not None else None
     rows = []
     for row in iter_colorhist(folders, space=space, bins=bins, ref=ref, skip_bad=skip_bad, workers=workers, full=full, on_skip=on_skip, on_images=on_images, on_total=on_total):
         rows.append(row)

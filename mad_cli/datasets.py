@@ -30,20 +30,25 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mad_cli import __version__
+from mad_cli import __version__, flags
 from mad_cli.errors import MadError
 from mad_cli.imagedir import atomic_write_text, provenance_tags, write_png
 from mad_cli.output import progress
-from mad_cli.staging import StagedFolder
+from mad_cli.outputs import OutputFolder
 
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.2
 DATASET_NAME = "sklearn-digits"
+#: The largest size any model trains on (StyleGAN2 at 1024²); above it a folder of 1,797
+#: upscaled 8×8 digits would only cost disk and time (--resolution 1048576 would need terabytes).
+MAX_RESOLUTION = 1024
 
 
 def _check_resolution(resolution: int) -> None:
-    if resolution < 8 or resolution & (resolution - 1):
-        raise MadError(f"--resolution {resolution}: must be a power of two >= 8 (8, 16, 32, 64, ...)")
+    value = flags.count(resolution, "--resolution", low=1, high=2**31)
+    assert value is not None
+    if not 8 <= value <= MAX_RESOLUTION or value & (value - 1):
+        raise MadError(f"--resolution {resolution}: must be a power of two from 8 to {MAX_RESOLUTION} (8, 16, 32, ..., 1024)")
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +118,11 @@ def write_digits(
     a name. Returns the summary row (count, split, resolution, channels, out, digits).
     """
     _check_resolution(resolution)
-    if channels not in (1, 3):
+    if isinstance(channels, bool) or channels not in (1, 3):
         raise MadError(f"--channels {channels}: expected 1 or 3")
-    if limit is not None and limit < 1:
-        raise MadError(f"--limit {limit}: must be at least 1")
+    limit = flags.count(limit, "--limit")
+    seed = flags.seed(seed)
+    assert seed is not None
     images, labels = load_digits_arrays()
     indices = split_indices(labels, split, seed)
     if limit is not None:
@@ -127,20 +133,20 @@ def write_digits(
     base_tags = provenance_tags("real")
     counts = np.bincount(labels[written], minlength=10)
 
-    with StagedFolder(out, force=force, flag="OUT") as staged, progress(len(written), "digits") as bar:
+    with OutputFolder(out, command="dataset digits", flag="OUT", force=force) as staged, progress(len(written), "digits") as bar:
         rows = []
         for index in written:
             name = f"{index:04d}.png"
             arr = digit_to_uint8(images[index], resolution, channels)
-            tags = {**base_tags, "dataset": DATASET_NAME, "index": index, "digit": int(labels[index])}
-            write_png(staged.add(name), arr, tags, fsync=False)
+            tags = {**base_tags, "dataset": DATASET_NAME, "index": index, "label": int(labels[index])}
+            write_png(staged.stage(name), arr, tags, fsync=False)
             rows.append((name, int(labels[index])))
             bar.advance()
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "digit"])
+        writer.writerow(["file", "label"])
         writer.writerows(rows)
-        atomic_write_text(staged.add("labels.csv"), buf.getvalue(), fsync=False)
+        atomic_write_text(staged.stage("labels.csv"), buf.getvalue(), fsync=False)
         info = {
             "dataset": DATASET_NAME,
             "mad_version": __version__,
@@ -154,7 +160,7 @@ def write_digits(
             "count": len(rows),
             "per_digit": {str(d): int(c) for d, c in enumerate(counts)},
         }
-        atomic_write_text(staged.add("dataset.json"), json.dumps(info, indent=2) + "\n", fsync=False)
+        atomic_write_text(staged.stage("dataset.json"), json.dumps(info, indent=2) + "\n", fsync=False)
 
     return {
         "count": len(rows),

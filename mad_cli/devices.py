@@ -22,3 +22,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise MadError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) visible")
         return dev
     raise MadError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+#: Generators run on chunks of exactly this many images (the last one padded). Float
+#: kernels sum in a different order for different batch shapes, which flips a rounded
+#: pixel now and then; with one fixed shape an image depends on its seed only — not on
+#: --batch, on its position in the chunk, or on which seeds a resumed run still needs.
+COMPUTE_BATCH = {"cpu": 16, "cuda": 32}
+
+
+def compute_batch(device: torch.device) -> int:
+    return COMPUTE_BATCH.get(device.type, COMPUTE_BATCH["cpu"])

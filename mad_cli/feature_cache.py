@@ -1,13 +1,21 @@
-"""A cache of folder features keyed by what the features depend on, never by a name.
+"""A cache of folder features keyed by what the features depend on: the images' bytes.
 
 torch-fidelity's own cache is keyed by a user-chosen name and silently returns old features
-when a folder changes under that name. Here the key is a hash of the folder's content as
-seen by the file system (relative names, sizes, mtimes in ns of the images used), the
-extractor and the sha256 of its weights, `--n` and the preprocessing. Any edit, addition or
-removal changes the key, so a stale entry is simply never found again.
+when a folder changes under that name. A key of names, sizes and mtimes is not enough
+either: `cp -p` or `rsync -a` of a different image with the same size keeps the mtime, and
+would be served the old image's features. Here the key is a hash of the sha256 of the bytes
+of each image used, in order, and of the extractor's identity (its name, the sha256 of its
+weights, its dimension and preprocessing rule: `features.Extractor.identity`). Features
+are a function of exactly that, so a hit is never stale, whatever the files are called or
+however they were copied, and `--n` needs no special case (the first N images are the
+images hashed). Hashing reads each file once, far cheaper than decoding and running a
+network on it (see benchmarks/metrics.py).
 
 Entries are .npy files written atomically (temp + rename); one that fails to load or has
 the wrong shape is deleted with a warning and recomputed, never trusted.
+
+This module knows nothing about extractors beyond their identity string, so it does not
+import `mad_cli.features` (which imports it).
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,10 +32,7 @@ from mad_cli.errors import MadError
 from mad_cli.imagedir import atomic_open
 from mad_cli.output import warn
 
-if TYPE_CHECKING:
-    from mad_cli.features import Extractor
-
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 1 keyed by names, sizes and mtimes
 ENV_VAR = "MAD_FEATURE_CACHE"
 
 
@@ -40,12 +44,21 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mad" / "features"
 
 
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's bytes; a file that cannot be read is an error naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise MadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 class FeatureCache:
     def __init__(self, root: Path):
         self.root = root
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike[str] | bool | None) -> "FeatureCache | None":
+    def open(cls, cache_dir: str | os.PathLike[str] | bool | None) -> FeatureCache | None:
         """None: the default folder; False: no cache; a path: that folder (created when first written)."""
         if cache_dir is False:
             return None
@@ -54,25 +67,12 @@ class FeatureCache:
             raise MadError(f"--cache-dir {root}: exists and is not a folder")
         return cls(root)
 
-    def key(self, folder: str | os.PathLike[str], paths: Sequence[Path], extractor: "Extractor", n: int | None) -> str:
-        """sha256 over the content description of the images used and everything that shapes their features."""
-        from mad_cli.features import preprocessing_rule
-
-        root = Path(folder)
-        files = []
-        for p in paths:
-            st = p.stat()
-            files.append([p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p), st.st_size, st.st_mtime_ns])
+    def key(self, paths: Sequence[Path], identity: str) -> str:
+        """sha256 over the content hashes of the images used (in order) and the extractor's identity."""
         description = {
             "format": CACHE_FORMAT,
-            "extractor": extractor.name,
-            "weights_sha256": extractor.weights_sha256,
-            "dim": extractor.dim,
-            "n": n,
-            # The rule, not its outcome: the outcome is a function of the files already keyed
-            # above, and computing it would read every image header on every cache hit.
-            "preprocessing": preprocessing_rule(extractor),
-            "files": files,
+            "extractor": identity,
+            "files": [content_sha256(Path(p)) for p in paths],
         }
         blob = json.dumps(description, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()

@@ -4,7 +4,9 @@ Every distance between image sets (FID, KID, precision/recall, density/coverage)
 in some network's feature space, so the extractor is part of the result: each extractor
 carries its name, output dimension and the sha256 of its weights, and rows record them.
 
-Extractors
+Extractors (one entry each in the table EXTRACTORS: name, dimension, input, weights file,
+how to build it; `--features` help, error messages and the metric's column name all come
+from that entry)
 - `digits`: our small CNN trained on scikit-learn's digits (weights bundled in
   `mad_cli/weights/digits.pt`, trained by `python -m mad_cli.features train-digits`).
   Features = its 128-d penultimate layer, divided by one stored constant so that entries
@@ -18,7 +20,10 @@ Extractors
   and `--features-weights`.
 - `torchscript:PATH`: a user's TorchScript module mapping uint8 N×C×H×W to float N×D.
 
-Folder preprocessing (its rule is part of the cache key): images of one size are handed to the network
+An extractor's `identity` (name, weights' sha256, dimension, preprocessing rule) is all the
+feature cache knows about it: feature_cache never imports this module.
+
+Folder preprocessing (its rule is part of the identity): images of one size are handed to the network
 as they are, so its own resize applies (torch-fidelity's convention, numbers comparable to
 theirs); a folder with mixed sizes has every image resized by PIL bicubic to the extractor's
 input size (the clean-fid finding: PIL's antialiased bicubic is the filter that does not
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from mad_cli.errors import MadError
+from mad_cli.errors import MadError, refused_objects
+from mad_cli.feature_cache import FeatureCache
 from mad_cli.imagedir import image_size, iter_images, require_images, sha256_file
 
 DIGITS_INPUT_SIZE = 32
@@ -55,16 +62,7 @@ VGG16_FILE = "vgg16-397923af.pth"
 CLIP_B32_FILE = "clip-vit-b-32-40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af.pt"
 DINOV2_S14_FILE = "dinov2_vits14_pretrain.pth"
 DINOV2_REPO_DIR = "facebookresearch_dinov2_main"
-
-# Names accepted by --features, mapped to torch-fidelity's registry names.
-TORCH_FIDELITY_EXTRACTORS = {
-    "inception": "inception-v3-compat",
-    "inception-v3-compat": "inception-v3-compat",
-    "vgg16": "vgg16",
-    "clip-vit-b-32": "clip-vit-b-32",
-    "dinov2-vit-s-14": "dinov2-vit-s-14",
-}
-EXTRACTOR_NAMES = ("inception", "vgg16", "clip-vit-b-32", "dinov2-vit-s-14", "digits", "torchscript:PATH")
+TORCHSCRIPT_PREFIX = "torchscript:"
 
 
 def hub_checkpoint_dir() -> Path:
@@ -74,11 +72,10 @@ def hub_checkpoint_dir() -> Path:
 
 def metric_prefix(name: str) -> str:
     """`fid` only in Inception space; elsewhere `fd_<name>` (Fréchet distance), so nobody mistakes it for FID."""
-    base = name.strip().lower()
-    if base.startswith("torchscript:"):
-        base = "torchscript"
-    if base in ("inception", "inception-v3-compat"):
-        return "fid"
+    spec = find_spec(name)
+    if spec is not None and spec.frechet_name:
+        return spec.frechet_name
+    base = spec.name if spec is not None else name.strip().lower()
     return "fd_" + "".join(c if c.isalnum() else "_" for c in base).strip("_")
 
 
@@ -109,6 +106,16 @@ class Extractor:
     @property
     def metric_prefix(self) -> str:
         return metric_prefix(self.name)
+
+    @property
+    def identity(self) -> str:
+        """Everything that shapes this extractor's features of a given image, as one string.
+
+        Name, the weights' sha256, the output dimension and the preprocessing rule: two
+        extractors with equal identities give equal features, so the feature cache keys by
+        this string (and needs to know nothing else about extractors).
+        """
+        return f"{self.name}|sha256={self.weights_sha256}|dim={self.dim}|{preprocessing_rule(self)}"
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:
@@ -205,7 +212,9 @@ def _load_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MadError(f"{flag} {path}: file not found") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not plain weights"
+    except pickle.UnpicklingError as exc:  # torch's text advises loading unsafely: never pass it on
+        raise MadError(f"{flag} {path}: refusing to load: {refused_objects(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means "not plain weights"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MadError(f"{flag} {path}: not a plain PyTorch state_dict ({first[:160]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -227,14 +236,15 @@ def _sha256_cached(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-def _digits_extractor(weights: str | None, device: torch.device) -> Extractor:
+def _digits_extractor(spec: ExtractorSpec, weights: str | None, device: torch.device) -> Extractor:
     path = Path(weights) if weights else DIGITS_WEIGHTS
     net = load_digits_net(device, path)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return net.features(net.prepare(x))
 
-    return Extractor("digits", _sha256_cached(path), DIGITS_FEATURE_DIM, 1, DIGITS_INPUT_SIZE, device, forward, always_resize=True)
+    assert spec.dim is not None
+    return Extractor(spec.name, _sha256_cached(path), spec.dim, spec.channels, spec.input_size, device, forward, always_resize=spec.always_resize)
 
 
 def _missing_weights(name: str, file_name: str, extra: str = "") -> MadError:
@@ -245,57 +255,53 @@ def _missing_weights(name: str, file_name: str, extra: str = "") -> MadError:
     )
 
 
-_TF_FILES = {"inception-v3-compat": INCEPTION_FILE, "vgg16": VGG16_FILE, "clip-vit-b-32": CLIP_B32_FILE, "dinov2-vit-s-14": DINOV2_S14_FILE}
-_TF_LAYERS = {"inception-v3-compat": "2048", "vgg16": "fc2_relu", "clip-vit-b-32": "clip", "dinov2-vit-s-14": "dinov2"}  # their FID layers
-_TF_DIMS = {"inception-v3-compat": 2048, "vgg16": 4096, "clip-vit-b-32": 512, "dinov2-vit-s-14": 384}
-_TF_INPUT = {"inception-v3-compat": 299, "vgg16": 224, "clip-vit-b-32": 224, "dinov2-vit-s-14": 224}
+def _tf_from_state(spec: ExtractorSpec, cls: Any, path: Path, state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """Inception, VGG16: torch-fidelity's class fed our already validated state_dict."""
+    assert state is not None
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # only tensors: safe for torch-fidelity's weights_only=False load
+    buffer.seek(0)
+    try:
+        return cls(spec.tf_name, [spec.tf_layer], feature_extractor_weights_path=buffer, verbose=False)
+    except RuntimeError as exc:
+        raise MadError(f"{path}: weights do not fit torch-fidelity's {spec.tf_name} ({str(exc).splitlines()[0][:160]})") from None
 
 
-def _torch_fidelity_extractor(name: str, weights: str | None, device: torch.device) -> Extractor:
+def _tf_from_file(spec: ExtractorSpec, cls: Any, path: Path, state: dict[str, torch.Tensor] | None) -> nn.Module:
+    """CLIP ships as a TorchScript archive (no pickled Python code); torch-fidelity rebuilds the visual tower from it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(spec.tf_name, [spec.tf_layer], feature_extractor_weights_path=str(path), verbose=False)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MadError(f"{path}: not CLIP ViT-B/32 weights ({first[:160]})") from None
+
+
+def _torch_fidelity_extractor(spec: ExtractorSpec, weights: str | None, device: torch.device) -> Extractor:
     """torch-fidelity's network, with weights found offline and loaded without running pickled code.
 
     The weights file is found, hashed and (for plain state_dicts) validated now; the network
     itself is built on first use.
     """
-    tf_name = TORCH_FIDELITY_EXTRACTORS[name]
-    public = "inception" if tf_name == "inception-v3-compat" else tf_name
-    file_name = _TF_FILES[tf_name]
-    path = Path(weights) if weights else hub_checkpoint_dir() / file_name
+    assert spec.weights_file is not None and spec.construct is not None and spec.dim is not None
+    path = Path(weights) if weights else hub_checkpoint_dir() / spec.weights_file
     if not path.is_file():
         if weights:
             raise MadError(f"--features-weights {path}: file not found")
-        raise _missing_weights(public, file_name)
-    layer = _TF_LAYERS[tf_name]
-    flag = "--features-weights" if weights else f"--features {public}:"
-    state = _load_state_dict(path, flag) if tf_name in ("inception-v3-compat", "vgg16", "dinov2-vit-s-14") else None
-    if tf_name == "dinov2-vit-s-14":
-        _dinov2_repo()
+        raise _missing_weights(spec.name, spec.weights_file)
+    flag = "--features-weights" if weights else f"--features {spec.name}:"
+    state = _load_state_dict(path, flag) if spec.plain_state_dict else None
+    if spec.check is not None:
+        spec.check()
 
     def build() -> Callable[[torch.Tensor], torch.Tensor]:
-        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY  # heavy import, only when used
+        from torch_fidelity.registry import (
+            FEATURE_EXTRACTORS_REGISTRY,  # heavy import, only when used
+        )
 
-        cls = FEATURE_EXTRACTORS_REGISTRY[tf_name]
-        if tf_name == "clip-vit-b-32":
-            # CLIP ships as a TorchScript archive (no pickled Python code); torch-fidelity rebuilds
-            # the visual tower from its state_dict.
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = cls(tf_name, [layer], feature_extractor_weights_path=str(path), verbose=False)
-            except Exception as exc:  # noqa: BLE001
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise MadError(f"{path}: not CLIP ViT-B/32 weights ({first[:160]})") from None
-        elif tf_name == "dinov2-vit-s-14":
-            assert state is not None
-            model = _dinov2_model(cls, tf_name, layer, path, state)
-        else:
-            buffer = io.BytesIO()
-            torch.save(state, buffer)  # only tensors: safe for torch-fidelity's weights_only=False load
-            buffer.seek(0)
-            try:
-                model = cls(tf_name, [layer], feature_extractor_weights_path=buffer, verbose=False)
-            except RuntimeError as exc:
-                raise MadError(f"{path}: weights do not fit torch-fidelity's {tf_name} ({str(exc).splitlines()[0][:160]})") from None
+        assert spec.construct is not None
+        model = spec.construct(spec, FEATURE_EXTRACTORS_REGISTRY[spec.tf_name], path, state)
         model = model.eval().requires_grad_(False).to(device)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -304,7 +310,7 @@ def _torch_fidelity_extractor(name: str, weights: str | None, device: torch.devi
 
         return forward
 
-    return Extractor(public, _sha256_cached(path), _TF_DIMS[tf_name], 3, _TF_INPUT[tf_name], device, None, build=build)
+    return Extractor(spec.name, _sha256_cached(path), spec.dim, spec.channels, spec.input_size, device, None, build=build)
 
 
 def _dinov2_repo() -> Path:
@@ -317,8 +323,9 @@ def _dinov2_repo() -> Path:
     return repo
 
 
-def _dinov2_model(cls: Any, tf_name: str, layer: str, path: Path, state: dict[str, torch.Tensor]) -> nn.Module:
+def _dinov2_model(spec: ExtractorSpec, cls: Any, path: Path, state: dict[str, torch.Tensor] | None) -> nn.Module:
     """torch-fidelity can only download DINOv2; we build it from the hub code already on disk instead."""
+    assert state is not None
     repo = _dinov2_repo()
     os.environ.setdefault("XFORMERS_DISABLED", "1")
     with warnings.catch_warnings():
@@ -330,16 +337,16 @@ def _dinov2_model(cls: Any, tf_name: str, layer: str, path: Path, state: dict[st
         raise MadError(f"{path}: not dinov2_vits14 weights ({str(exc).splitlines()[0][:160]})") from None
     model = cls.__new__(cls)
     nn.Module.__init__(model)
-    model.name, model.features_list = tf_name, [layer]
+    model.name, model.features_list = spec.tf_name, [spec.tf_layer]
     model.feature_extractor_internal_dtype = torch.float32
     model.model = backbone
     return model
 
 
-def _torchscript_extractor(path_text: str, device: torch.device) -> Extractor:
+def _torchscript_extractor(spec: ExtractorSpec, path_text: str, device: torch.device) -> Extractor:
     """A user's TorchScript module; checked on one dummy batch so a wrong shape fails before any work."""
     path = Path(path_text)
-    flag = f"--features torchscript:{path}"
+    flag = f"--features {TORCHSCRIPT_PREFIX}{path}"
     if not path.is_file():
         raise MadError(f"{flag}: file not found")
     try:
@@ -350,7 +357,7 @@ def _torchscript_extractor(path_text: str, device: torch.device) -> Extractor:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MadError(f"{flag}: not a TorchScript module ({first[:160]})") from None
     module.eval()
-    probe = torch.zeros(2, 3, 32, 32, dtype=torch.uint8, device=device)
+    probe = torch.zeros(2, spec.channels, 32, 32, dtype=torch.uint8, device=device)
     try:
         with torch.no_grad():
             out = module(probe)
@@ -369,28 +376,102 @@ def _torchscript_extractor(path_text: str, device: torch.device) -> Extractor:
             raise MadError(f"{flag}: returned {shape} for a batch of {x.shape[0]}, expected ({x.shape[0]}, {dim})")
         return y
 
-    return Extractor("torchscript", _sha256_cached(path), dim, 3, None, device, forward)
+    return Extractor(spec.name, _sha256_cached(path), dim, spec.channels, spec.input_size, device, forward)
+
+
+# ---------------------------------------------------------------------------------------
+# The extractor table: one entry per --features name
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything that defines one extractor, so that adding one is adding one entry.
+
+    `build(spec, weights_or_path, device)` makes the Extractor. For torch-fidelity's
+    networks, `weights_file` is the name their downloader stores under
+    $TORCH_HOME/hub/checkpoints, `tf_name`/`tf_layer` their registry name and FID layer,
+    `construct` turns (spec, their class, weights path, validated state_dict) into the
+    module, `plain_state_dict` says whether the file is validated as a state_dict first and
+    `check` runs any other offline precondition. `takes_path`: the name is a prefix
+    followed by a path (`torchscript:PATH`).
+    """
+
+    name: str
+    help: str
+    build: Callable[[ExtractorSpec, str | None, torch.device], Extractor] = field(repr=False)
+    dim: int | None
+    channels: int = 3
+    input_size: int | None = None
+    always_resize: bool = False
+    aliases: tuple[str, ...] = ()
+    frechet_name: str | None = None  # its Fréchet distance's column (default fd_<name>)
+    weights_file: str | None = None
+    tf_name: str | None = None
+    tf_layer: str | None = None
+    construct: Callable[[ExtractorSpec, Any, Path, dict[str, torch.Tensor] | None], nn.Module] | None = field(default=None, repr=False)
+    plain_state_dict: bool = True
+    check: Callable[[], Any] | None = field(default=None, repr=False)
+    takes_path: bool = False
+
+    @property
+    def spelled(self) -> str:
+        return f"{self.name}:PATH" if self.takes_path else self.name
+
+
+EXTRACTORS: tuple[ExtractorSpec, ...] = (
+    ExtractorSpec("inception", "torch-fidelity's Inception-v3 (pool3, 2048-d): FID proper", _torch_fidelity_extractor,
+                  dim=2048, input_size=299, aliases=("inception-v3-compat",), frechet_name="fid",
+                  weights_file=INCEPTION_FILE, tf_name="inception-v3-compat", tf_layer="2048", construct=_tf_from_state),
+    ExtractorSpec("vgg16", "torch-fidelity's VGG16 (fc2 after ReLU, 4096-d)", _torch_fidelity_extractor,
+                  dim=4096, input_size=224, weights_file=VGG16_FILE, tf_name="vgg16", tf_layer="fc2_relu", construct=_tf_from_state),
+    ExtractorSpec("clip-vit-b-32", "torch-fidelity's CLIP ViT-B/32 image tower (512-d)", _torch_fidelity_extractor,
+                  dim=512, input_size=224, weights_file=CLIP_B32_FILE, tf_name="clip-vit-b-32", tf_layer="clip",
+                  construct=_tf_from_file, plain_state_dict=False),
+    ExtractorSpec("dinov2-vit-s-14", "DINOv2 ViT-S/14 (384-d), built from torch.hub's local copy", _torch_fidelity_extractor,
+                  dim=384, input_size=224, weights_file=DINOV2_S14_FILE, tf_name="dinov2-vit-s-14", tf_layer="dinov2",
+                  construct=_dinov2_model, check=_dinov2_repo),
+    ExtractorSpec("digits", "the bundled digits CNN (128-d), grey 32×32", _digits_extractor,
+                  dim=DIGITS_FEATURE_DIM, channels=1, input_size=DIGITS_INPUT_SIZE, always_resize=True),
+    ExtractorSpec("torchscript", "a TorchScript module mapping uint8 N×C×H×W to float N×D", _torchscript_extractor,
+                  dim=None, takes_path=True),
+)
+
+
+def find_spec(name: str) -> ExtractorSpec | None:
+    """The table entry a --features value names (None if none does)."""
+    text = (name or "").strip()
+    lowered = text.lower()
+    for spec in EXTRACTORS:
+        if spec.takes_path:
+            if text.startswith(spec.name + ":") or lowered == spec.name:
+                return spec
+        elif lowered == spec.name or lowered in spec.aliases:
+            return spec
+    return None
+
+
+def extractor_help() -> str:
+    """The --features help text, from the table."""
+    return ", ".join(spec.spelled for spec in EXTRACTORS)
 
 
 def get_extractor(name: str, weights: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu") -> Extractor:
-    """Build an extractor by name (see module docstring); nothing is ever downloaded."""
+    """Build an extractor by name (see EXTRACTORS); nothing is ever downloaded."""
     from mad_cli.devices import resolve_device
 
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     weights_text = str(weights) if weights else None
     if weights_text and not Path(weights_text).is_file():
         raise MadError(f"--features-weights {weights_text}: file not found")
-    spec = (name or "").strip()
-    if spec.startswith("torchscript:"):
+    spec = find_spec(name)
+    text = (name or "").strip()
+    if spec is None or (spec.takes_path and not text.startswith(spec.name + ":")):
+        raise MadError(f"--features {text}: unknown extractor (choose one of {extractor_help()})")
+    if spec.takes_path:
         if weights_text:
-            raise MadError("--features-weights: not used with torchscript:PATH (the module holds its weights)")
-        return _torchscript_extractor(spec[len("torchscript:"):], dev)
-    lowered = spec.lower()
-    if lowered == "digits":
-        return _digits_extractor(weights_text, dev)
-    if lowered in TORCH_FIDELITY_EXTRACTORS:
-        return _torch_fidelity_extractor(lowered, weights_text, dev)
-    raise MadError(f"--features {spec}: unknown extractor (choose one of {', '.join(EXTRACTOR_NAMES)})")
+            raise MadError(f"--features-weights: not used with {spec.spelled} (the module holds its weights)")
+        return spec.build(spec, text[len(spec.name) + 1:], dev)
+    return spec.build(spec, weights_text, dev)
 
 
 # ---------------------------------------------------------------------------------------
@@ -505,19 +586,19 @@ def folder_features(
     paths: Sequence[Path] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Features (N, D) of the first `n` images of `folder`, from the cache when its content is unchanged.
+    """Features (N, D) of the first `n` images of `folder` (or of `paths`), from the cache when it has them.
 
-    `cache_dir`: None = default ($MAD_FEATURE_CACHE or ~/.cache/mad/features), a path, or
+    The cache is keyed by the bytes of exactly the images used and the extractor's
+    identity (see feature_cache), so `--n`, a replaced file, a copy with the old mtime or
+    a different extractor can never be served someone else's features. `cache_dir`: None = default ($MAD_FEATURE_CACHE or ~/.cache/mad/features), a path, or
     False to disable. `device` is accepted for symmetry; the extractor already lives on one.
     """
-    from mad_cli.feature_cache import FeatureCache
-
     del device  # the extractor was built on its device
     selected = list(paths) if paths is not None else select_paths(folder, n)
     cache = FeatureCache.open(cache_dir)
     key = None
     if cache is not None:
-        key = cache.key(folder, selected, extractor, n)
+        key = cache.key(selected, extractor.identity)
         hit = cache.load(key, expected_shape=(len(selected), extractor.dim))
         if hit is not None:
             if on_batch is not None:
@@ -525,7 +606,9 @@ def folder_features(
             return hit
     _, resize_to = _preprocessing(selected, extractor)
     feats = paths_features(selected, extractor, batch=batch, resize_to=resize_to, on_batch=on_batch)
-    if cache is not None and key is not None:
+    # Hashed again: a file replaced while we extracted would otherwise file the new image's
+    # features under the old content's key (hashing costs a small fraction of extracting).
+    if cache is not None and key is not None and cache.key(selected, extractor.identity) == key:
         cache.store(key, feats)
     return feats
 

@@ -19,7 +19,8 @@ Where we differ, and why:
 - Pairwise distances come from one float64 matrix product per chunk; squared distances
   below 1e-10 of the squared norms are snapped to 0 so that duplicates are duplicates
   whatever batch they were extracted in, and "strictly inside" means inside by more than
-  that round-off, so a ball's own k-th neighbour never counts twice.
+  that round-off, so a ball's own k-th neighbour never counts twice. These kernels live in
+  `mad_cli.neighbours`, shared with `mad filter --by realism`, so both draw the same balls.
 - FID is biased upward at small n, so every row also carries the split-half FID of REAL
   against itself (two random halves, once per REAL): a generation is indistinguishable
   from real data at this n only if its FID is near that floor.
@@ -36,14 +37,20 @@ import numpy as np
 import torch
 
 from mad_cli.errors import MadError
+from mad_cli.neighbours import (
+    CHUNK,
+    as_float64,
+    knn_sq_radii,
+    sq_distances,
+    squared_norms,
+    strictly_inside,
+)
 from mad_cli.output import progress, warn
 
 METRICS = ("fid", "kid", "pr", "dc")
 KID_MAX_SUBSET = 1000
 KID_SUBSETS = 100
 DEFAULT_SEED = 2020  # torch-fidelity's default rng_seed, so KID subsets match theirs
-_SNAP = 1e-10
-_CHUNK = 2048
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,37 +154,10 @@ def kid_from_features(gen: np.ndarray, real: np.ndarray, subset_size: int | None
 # Neighbourhoods: precision/recall (Kynkäänniemi 2019), density/coverage (Naeem 2020)
 
 
-def _sq_dists(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor, margin: bool = False) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
-    """Squared distances (duplicates snapped to 0); with `margin`, also the round-off scale of each entry."""
-    scale = a_sq[:, None] + b_sq[None, :]
-    d = (scale - 2.0 * (a @ b.T)).clamp_min_(0)
-    d[d <= _SNAP * scale] = 0.0
-    return (d, _SNAP * scale) if margin else d
-
-
-def _inside(d: torch.Tensor, tol: torch.Tensor, sq_radii: torch.Tensor) -> torch.Tensor:
-    """d < r strictly, where a distance equal to r up to round-off (the k-th neighbour itself) counts as on the border."""
-    return d < sq_radii - tol
-
-
-def knn_sq_radii(x: np.ndarray | torch.Tensor, k: int) -> torch.Tensor:
-    """Squared distance of each point to its k-th nearest other point (the point itself excluded)."""
-    t = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    if k < 1 or len(t) < k + 1:
-        raise ValueError(f"k={k} needs at least k+1={k + 1} points, got {len(t)}")
-    sq = (t * t).sum(1)
-    out = torch.empty(len(t), dtype=torch.float64)
-    for i in range(0, len(t), _CHUNK):
-        d = _sq_dists(t[i : i + _CHUNK], t, sq[i : i + _CHUNK], sq)
-        out[i : i + _CHUNK] = d.kthvalue(k + 1, dim=1).values
-    return out
-
-
 def neighbourhood_metrics(gen: np.ndarray, real: np.ndarray, k_pr: int | None = 3, k_dc: int | None = 5) -> dict[str, float]:
     """precision/recall with k_pr and density/coverage with k_dc (either None to skip), in one pass."""
-    g = torch.as_tensor(np.asarray(gen), dtype=torch.float64)
-    r = torch.as_tensor(np.asarray(real), dtype=torch.float64)
-    g_sq, r_sq = (g * g).sum(1), (r * r).sum(1)
+    g, r = as_float64(gen), as_float64(real)
+    g_sq, r_sq = squared_norms(g), squared_norms(r)
     out: dict[str, float] = {}
     if k_pr is not None:
         real_pr, gen_pr = knn_sq_radii(r, k_pr), knn_sq_radii(g, k_pr)
@@ -187,13 +167,13 @@ def neighbourhood_metrics(gen: np.ndarray, real: np.ndarray, k_pr: int | None = 
         real_dc = real_pr if k_pr == k_dc else knn_sq_radii(r, k_dc)
         inside_total = 0
         covered = torch.zeros(len(r), dtype=torch.bool)
-    for i in range(0, len(g), _CHUNK):
-        d, tol = _sq_dists(g[i : i + _CHUNK], r, g_sq[i : i + _CHUNK], r_sq, margin=True)  # gen chunk × real
+    for i in range(0, len(g), CHUNK):
+        d, tol = sq_distances(g[i : i + CHUNK], r, g_sq[i : i + CHUNK], r_sq, margin=True)  # gen chunk × real
         if k_pr is not None:
-            precise += int(_inside(d, tol, real_pr[None, :]).any(1).sum())
-            recalled |= _inside(d, tol, gen_pr[i : i + _CHUNK, None]).any(0)
+            precise += int(strictly_inside(d, tol, real_pr[None, :]).any(1).sum())
+            recalled |= strictly_inside(d, tol, gen_pr[i : i + CHUNK, None]).any(0)
         if k_dc is not None:
-            inside = _inside(d, tol, real_dc[None, :])
+            inside = strictly_inside(d, tol, real_dc[None, :])
             inside_total += int(inside.sum())
             covered |= inside.any(0)
     if k_pr is not None:

@@ -27,8 +27,9 @@ folder, so names never collide, and the extension is kept). Every file is decode
 to check it (a broken file is an error naming it), hashed, and copied or linked; nothing
 is held in memory beyond one file. manifest.csv (path, source, origin, generation,
 sha256, tag_origin) and mix.json (arguments and counts) are written last. The folder is
-written through `staging.StagedFolder`: an interrupted run leaves `--out` as it was, and
-re-running the same command redoes it (see staging.py for --force on an earlier result).
+staged and published by `outputs.OutputFolder`: an interrupted run leaves `--out` as it
+was, re-running the same command redoes it, a second mix into the same folder at the same
+time is refused, and `--force` replaces only what mad wrote there (see outputs.py).
 Sources are only ever read. `--link hardlink` shares the file with the source: editing
 the output in place would then edit the source, which no mad command does.
 """
@@ -48,15 +49,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from mad_cli import __version__
+from mad_cli import __version__, flags
 from mad_cli.errors import MadError
-from mad_cli.imagedir import LINK_MODES, ORIGINS, TAG_PREFIX, atomic_open, atomic_write_text, place_file, require_images, sha256_file
+from mad_cli.imagedir import (
+    LINK_MODES,
+    ORIGINS,
+    TAG_PREFIX,
+    atomic_open,
+    atomic_write_text,
+    decode_errors,
+    open_image,
+    place_file,
+    require_images,
+    sha256_file,
+)
+from mad_cli.models.labels import LABEL_TAG, LABELS_CSV, label_table, parse_label
 from mad_cli.output import progress, warn
-from mad_cli.staging import StagedFolder
+from mad_cli.outputs import OutputFolder
 
-MANIFEST_COLUMNS = ("path", "source", "origin", "generation", "sha256", "tag_origin")
+MANIFEST_COLUMNS = ("path", "source", "origin", "generation", "sha256", "tag_origin", "label")
 _COUNT_RE = re.compile(r"[+-]?\d+")
 _FRACTION_RE = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+|\.\d+[eE][+-]?\d+)")
 _SHORT_ORIGIN = {"real": "real", "synthetic": "syn"}
@@ -100,6 +112,9 @@ def parse_source(text: str, origin: str) -> SourceSpec:
             count = int(tail)
             if count < 0:
                 raise MadError(f"--{origin} {text}: count {count} must not be negative")
+            if count == 0:  # as --total 0 is: a source that gives nothing is a mistake, not a mix
+                raise MadError(f"--{origin} {text}: count 0 draws nothing; give at least 1, or leave the source out")
+            flags.count(count, f"--{origin} {text}: count")
             return SourceSpec(origin, text, Path(head), count=count)
         if _FRACTION_RE.fullmatch(tail):
             frac = float(tail)
@@ -120,41 +135,63 @@ def fraction_counts(fractions: list[float], total: int) -> list[int]:
     return counts
 
 
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
 def read_exclusions(manifests: list[str | os.PathLike[str]]) -> tuple[set[str], set[str]]:
-    """Resolved source paths and sha256 values of every row of the given manifest.csv files."""
+    """Resolved source paths and sha256 values of every row of the given manifest.csv files.
+
+    A manifest is what keeps a fresh-data loop fresh, so nothing about it is guessed: a
+    file without rows, or a row without a source or a well-formed sha256, is an error naming
+    the line (it would silently exclude nothing). Rows whose source file is gone still
+    exclude by sha256 (a moved real folder), and are counted in a warning.
+    """
     paths: set[str] = set()
     hashes: set[str] = set()
     for m in manifests:
         mp = Path(m)
         if not mp.is_file():
             raise MadError(f"--exclude-manifest {mp}: file does not exist")
+        rows = missing = 0
         try:
             with open(mp, newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
                 if not reader.fieldnames or "source" not in reader.fieldnames or "sha256" not in reader.fieldnames:
                     raise MadError(f"--exclude-manifest {mp}: not a mix manifest (needs columns source and sha256)")
                 for row in reader:
+                    line = reader.line_num
+                    if not any((v or "").strip() for k, v in row.items() if k is not None):
+                        continue  # a blank line
                     src = (row.get("source") or "").strip()
-                    if src:
-                        sp = Path(src)
-                        paths.add(str((sp if sp.is_absolute() else mp.parent / sp).resolve()))
                     digest = (row.get("sha256") or "").strip().lower()
-                    if digest:
-                        hashes.add(digest)
+                    if not src:
+                        raise MadError(f"--exclude-manifest {mp} line {line}: no source path")
+                    if not _SHA256_RE.fullmatch(digest):
+                        raise MadError(f"--exclude-manifest {mp} line {line}: sha256 {digest[:70]!r} is not a sha256 digest (64 hex digits)")
+                    sp = Path(src)
+                    resolved = (sp if sp.is_absolute() else mp.parent / sp).resolve()
+                    paths.add(str(resolved))
+                    hashes.add(digest)
+                    rows += 1
+                    missing += not resolved.exists()
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise MadError(f"--exclude-manifest {mp}: cannot read ({exc})") from None
+        if not rows:
+            raise MadError(f"--exclude-manifest {mp}: has no rows, so it would exclude nothing")
+        if missing:
+            warn(f"--exclude-manifest {mp}: {missing} of its {rows} source files no longer exist there; they are still excluded by content (sha256)")
     return paths, hashes
 
 
 def _inspect(path: Path) -> tuple[tuple[int, int], dict[str, str]]:
     """Decode fully (so a truncated file is caught here, not in training) and read mad: tags."""
-    try:
-        with Image.open(path) as img:
+    with open_image(path) as img:
+        try:
             img.load()
             text = dict(getattr(img, "text", None) or {})
-            return img.size, {k[len(TAG_PREFIX):]: v for k, v in text.items() if k.startswith(TAG_PREFIX)}
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise MadError(f"{path}: cannot decode image ({exc})") from None
+        except decode_errors as exc:
+            raise MadError(f"{path}: cannot decode image ({exc})") from None
+        return img.size, {k[len(TAG_PREFIX):]: v for k, v in text.items() if k.startswith(TAG_PREFIX)}
 
 
 def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 20) -> str:
@@ -205,6 +242,33 @@ def _draw(spec: SourceSpec, count: int | None, rng: np.random.Generator, used: s
     return result
 
 
+@dataclass
+class _SourceLabels:
+    """How one source folder labels its images, by the label contract (models.labels)."""
+
+    table: dict[str, int] | None = None  # labels.csv / dataset.json
+    table_name: str | None = None
+    use_tags: bool = True  # mad:label tags count (not for a mix without labels.csv)
+
+    @classmethod
+    def of(cls, spec: SourceSpec) -> "_SourceLabels":
+        try:
+            table, name = label_table(spec.path)
+        except MadError as exc:  # labels only ride along in a mix: a foreign labels.csv must not stop it
+            warn(f"{spec.flag}: its labels are ignored ({exc})")
+            return cls(use_tags=False)
+        return cls(table, name, use_tags=table is None and not (spec.path / "mix.json").is_file())
+
+    def label(self, src: Path, root: Path, tags: dict[str, str]) -> int | None:
+        if self.table is not None:
+            rel = src.relative_to(root).as_posix()
+            if rel not in self.table:
+                raise MadError(f"{src}: has no label in {root / str(self.table_name)}; label every image of the source or none")
+            return self.table[rel]
+        raw = tags.get(LABEL_TAG) if self.use_tags else None
+        return None if raw is None else parse_label(raw, f"{src}: its {TAG_PREFIX}{LABEL_TAG} tag")
+
+
 def mix(
     out: str | os.PathLike[str],
     real: list[str] | None = None,
@@ -219,8 +283,9 @@ def mix(
     real, synthetic, exclude_manifests = list(real or []), list(synthetic or []), list(exclude_manifests or [])
     if link not in LINK_MODES:
         raise MadError(f"--link {link}: expected one of {', '.join(LINK_MODES)}")
-    if total is not None and total < 1:
-        raise MadError(f"--total {total}: must be at least 1")
+    total = flags.count(total, "--total")
+    seed = flags.seed(seed)
+    assert seed is not None
     specs = [parse_source(t, "real") for t in real] + [parse_source(t, "synthetic") for t in synthetic]
     if not specs:
         raise MadError("no sources: give at least one --real or --synthetic folder")
@@ -234,10 +299,14 @@ def mix(
     frac_idx = [i for i, s in enumerate(specs) if s.fraction is not None]
     if frac_idx and total is not None:
         for i, c in zip(frac_idx, fraction_counts([specs[i].fraction or 0.0 for i in frac_idx], total)):
+            if c == 0:
+                raise MadError(f"{specs[i].flag}: is 0 of --total {total} images; give a larger fraction, or leave the source out")
             counts[i] = c
     if total is not None and all(c is not None for c in counts) and sum(c or 0 for c in counts) != total:
         raise MadError(f"--total {total}: the sources add up to {sum(c or 0 for c in counts)} images; make counts and fractions add up to --total")
 
+    owner = OutputFolder(out, command="mix", flag="--out", sources=[s.path for s in specs], force=force)
+    owner.precheck()  # before reading every source: a bad --out is found at once
     excluded_paths, excluded_hashes = read_exclusions(exclude_manifests)
     used: set[str] = set()
     hashes: dict[str, str] = {}
@@ -254,13 +323,15 @@ def mix(
     writer = csv.writer(manifest, lineterminator="\n")
     writer.writerow(MANIFEST_COLUMNS)
     index = 0
-    with StagedFolder(out, sources=[s.path for s in specs], force=force) as staged, progress(n_total, "mix") as bar:
+    labels: list[tuple[str, int | None]] = []
+    with owner as staged, progress(n_total, "mix") as bar:
         for d in drawn:
+            source_labels = _SourceLabels.of(d.spec)
             for src in d.files:
                 name = f"{index:06d}-{d.spec.tag}-{src.stem}{src.suffix}"
                 (w, h), tags = _inspect(src)
                 sizes[f"{w}x{h}"] += 1
-                dst = staged.add(name)
+                dst = staged.stage(name)
                 key = str(src.resolve())
                 if link == "copy":
                     digest = _copy_hashing(src, dst)
@@ -270,7 +341,9 @@ def mix(
                 tag_origin = tags.get("origin", "")
                 if tag_origin and tag_origin != d.spec.origin:
                     d.tag_mismatch += 1
-                writer.writerow([name, key, d.spec.origin, tags.get("generation", ""), digest, tag_origin])
+                label = source_labels.label(src, d.spec.path, tags)
+                labels.append((name, label))
+                writer.writerow([name, key, d.spec.origin, tags.get("generation", ""), digest, tag_origin, "" if label is None else label])
                 index += 1
                 bar.advance()
             if d.tag_mismatch:
@@ -311,6 +384,16 @@ def mix(
             ],
             "excluded": {"manifests": len(exclude_manifests), "paths": len(excluded_paths), "sha256": len(excluded_hashes)},
         }
-        atomic_write_text(staged.add("manifest.csv"), manifest.getvalue(), fsync=False)
-        atomic_write_text(staged.add("mix.json"), json.dumps(info, indent=2) + "\n", fsync=False)
+        n_labelled = sum(label is not None for _, label in labels)
+        if n_labelled == len(labels):
+            # Every image has a class: the next generation trains class-conditionally too.
+            table_csv = io.StringIO()
+            csv.writer(table_csv, lineterminator="\n").writerows([("file", "label"), *labels])
+            atomic_write_text(staged.stage(LABELS_CSV), table_csv.getvalue(), fsync=False)
+        elif n_labelled:
+            warn(f"--out {out}: only {n_labelled} of {len(labels)} drawn images have a label; the folder gets no {LABELS_CSV} "
+                 "(a conditional model cannot train on it; mix only labelled sources to keep the labels)")
+        info["labelled"] = n_labelled
+        atomic_write_text(staged.stage("manifest.csv"), manifest.getvalue(), fsync=False)
+        atomic_write_text(staged.stage("mix.json"), json.dumps(info, indent=2) + "\n", fsync=False)
     return info

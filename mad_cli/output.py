@@ -84,12 +84,13 @@ class _RichTask:
 
 
 @contextlib.contextmanager
-def progress(total: float | None, description: str, *, fields: Sequence[str] = ()) -> Iterator[Any]:
+def progress(total: float | None, description: str, *, fields: Sequence[str] = (), enabled: bool = True) -> Iterator[Any]:
     """A rich progress bar on stderr when it is a terminal, a silent stand-in otherwise.
 
     `fields` names extra task fields to show after the bar (set them with `.update(name=...)`).
+    `enabled=False` gives the stand-in anyway (torchrun ranks other than 0 stay quiet).
     """
-    if not stderr_is_tty():
+    if not enabled or not stderr_is_tty():
         yield _NullProgress()
         return
     columns: list[Any] = [

@@ -1,19 +1,20 @@
-"""`mad train`: fit a generative model to an image folder and leave snapshots in RUN.
+"""`mad train`: fit any registered model to an image folder, leaving a run folder.
 
-Two models share one command so that a loop script switches between them with one flag:
-StyleGAN2 (the real experiment, `mad_cli.models.stylegan2.training`) and a Gaussian on
-pixels (the MAD paper's theory in seconds, `mad_cli.models.gaussian`). Both leave
-RUN/latest.pt, which `mad sample` reads.
+The models are the rows of `mad_cli.models.BACKENDS`; this function only turns keyword
+options into the chosen model's checked options dataclass and calls its trainer, so the
+CLI and Python callers share every check.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
+from mad_cli import flags
 from mad_cli.errors import MadError
-
-MODELS = ("stylegan2", "gaussian")
+from mad_cli.models import RunRequest, get_backend, options_from
 
 
 def train(
@@ -21,39 +22,38 @@ def train(
     out: str | os.PathLike[str],
     *,
     model: str = "stylegan2",
-    cfg: str | None = None,
-    kimg: float | None = None,
-    batch: int | None = None,
-    batch_gpu: int | None = None,
-    gamma: float | None = None,
-    mirror: bool = False,
     seed: int = 0,
     resume: str | None = None,
-    snap_every: float | None = None,
     device: str = "auto",
     dry_run: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Dispatch to the chosen model's trainer; returns its summary dict."""
-    if model == "gaussian":
-        stylegan_only = {
-            "--cfg": cfg, "--kimg": kimg, "--batch": batch, "--batch-gpu": batch_gpu, "--gamma": gamma,
-            "--resume": resume, "--snap-every": snap_every, "--mirror": mirror or None, "--dry-run": dry_run or None,
-        }
-        given = [flag for flag, value in stylegan_only.items() if value is not None]
-        if given:
-            raise MadError(f"{given[0]}: only applies to --model stylegan2 (the Gaussian is fitted in closed form)")
-        from mad_cli.devices import resolve_device
-        from mad_cli.models.gaussian import fit_gaussian_folder
+    """Train `model` on `data` into the run folder `out`; returns the model's summary row.
 
-        # The fit is a few seconds of CPU linear algebra and runs there on any machine, but a
-        # bad or unavailable --device must still fail as it does for StyleGAN2, not be ignored.
-        resolve_device(device)
-        return fit_gaussian_folder(data, out, seed=seed)
-    if model != "stylegan2":
-        raise MadError(f"--model {model}: expected one of {', '.join(MODELS)}")
-    from mad_cli.models.stylegan2.training import train_stylegan2
+    `options` are the model's own options by name (cfg="tiny", kimg=8, guidance=...); one
+    the model does not take is an error naming its flag. `resume` is "latest" (continue
+    RUN, or start it) or a snapshot to fine-tune from.
+    """
+    backend = get_backend(model)
+    opts = options_from(backend.train_options, options, context=f"--model {model}", kind="train")
+    _check_same_model(Path(out), model, resume)
+    run = RunRequest(out=Path(out), resume=resume, seed=flags.seed(seed) or 0, device=device, dry_run=dry_run)
+    result = backend.train(data, run, opts)
+    return {"model": model, **result}
 
-    return train_stylegan2(
-        data, out, cfg=cfg, kimg=kimg, batch=batch, batch_gpu=batch_gpu, gamma=gamma, mirror=mirror, seed=seed,
-        resume=resume, snap_every=snap_every, device=device, dry_run=dry_run,
-    )
+
+def _check_same_model(out: Path, model: str, resume: str | None) -> None:
+    """`--resume latest` continues RUN only with the model that trained it (a Gaussian refit
+    into a StyleGAN2 run would replace its latest.pt); read from config.json, without loading weights."""
+    if resume != "latest" or not (out / "latest.pt").exists():
+        return
+    try:
+        there = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):  # no readable config: ask the snapshot itself
+        from mad_cli.models import BY_FORMAT
+        from mad_cli.models.snapshot import load_snapshot
+
+        backend = BY_FORMAT.get(load_snapshot(out / "latest.pt").get("format"))
+        there = backend.name if backend is not None else None
+    if isinstance(there, str) and there != model:
+        raise MadError(f"--resume latest: {out} holds a {there} run, not {model}; continue it with --model {there}, or choose another --out")

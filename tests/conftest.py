@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,10 @@ from typer.testing import CliRunner
 
 from mad_cli.cli import app
 from mad_cli.imagedir import write_png
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +79,48 @@ def run_cli():
         return CliResult(result.exit_code, result.stdout, stderr, result.exception)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    """The environment of `python -m mad_cli` child processes: this checkout importable, one
+    torch thread each (several share the cores), and no MAD_DEBUG (errors as users see them)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("MAD_DEBUG", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a TCP port on 127.0.0.1 nobody listens on (for torchrun's rendezvous)."""
+
+    def _free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return _free
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium through Playwright; skipped with the reason where either is
+    missing or it cannot start (`.ci/run` installs chromium so that CI runs these tests)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not executable:
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=30000)
+        except Exception as exc:  # noqa: BLE001 - any launch failure means "no browser here"
+            pytest.skip(f"chromium could not start: {str(exc).splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            b.close()

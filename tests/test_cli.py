@@ -64,7 +64,9 @@ def test_every_command_help_ends_with_a_runnable_example(run_cli, path: tuple[st
     text = res.stdout.rstrip()
     assert "Example:" in text
     example_lines = [ln.strip() for ln in text.split("Example:")[-1].splitlines() if ln.strip()]
-    assert example_lines and all(ln.startswith("mad " + " ".join(path[:1])) for ln in example_lines), example_lines
+    command = " ".join(path[:1])
+    # `mad CMD …`, or the same under torchrun (`torchrun … -m mad_cli CMD …`).
+    assert example_lines and all(ln.startswith("mad " + command) or (ln.startswith("torchrun ") and f"-m mad_cli {command} " in ln) for ln in example_lines), example_lines
 
 
 def test_version(run_cli) -> None:
@@ -98,7 +100,10 @@ def test_errors_are_one_line_and_mad_debug_shows_traceback(tmp_path: Path) -> No
     assert plain.stdout == ""
     debug = _python_m(*args, env={"MAD_DEBUG": "1"})
     assert debug.returncode != 0
-    assert "Traceback (most recent call last)" in debug.stderr and "MadError" in debug.stderr
+    assert "Traceback (most recent call last)" in debug.stderr
+    # The MadError's own traceback, and nothing raised while handling it.
+    assert debug.stderr.strip().splitlines()[-1].startswith("mad_cli.errors.MadError: ")
+    assert debug.stderr.count("Traceback (most recent call last)") == 1
 
 
 def test_json_output_is_parsed_back(tmp_path: Path, make_images, run_cli) -> None:
@@ -181,7 +186,7 @@ def test_bad_input_out_inside_source(tmp_path: Path, make_images, run_cli, where
     out = src / "mixed" if where == "inside source" else src
     res = run_cli("mix", "--out", out, "--real", str(src), "--force")
     assert res.exit_code == 1
-    assert len(res.stderr.strip().splitlines()) == 1 and "is inside source folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "is inside input folder" in res.stderr
     assert _tree_hash(src) == before and not (src / "mixed").exists()
 
 
@@ -196,7 +201,7 @@ def test_bad_input_unwritable_out(tmp_path: Path, make_images, run_cli, kind: st
     if kind == "existing file":
         out, message = blocker, "exists and is not a folder"
     elif kind == "below a file":
-        out, message = blocker / "out", "cannot write there"
+        out, message = blocker / "out", "a file is in the way"
     else:
         locked = tmp_path / "locked"
         locked.mkdir()

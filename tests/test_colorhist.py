@@ -389,4 +389,18 @@ def test_bad_flags(tmp_path: Path, run_cli, make_images) -> None:
     assert not (tmp_path / "x.jpg").exists()
     _one_error_line(run_cli("colorhist", tmp_path / "a", "--workers", "-1"), "--workers -1")
     (tmp_path / "file").write_text("a file, not a folder")
-    _one_error_line(run_cli("colorhist", tmp_path / "a", "--plot", tmp_path / "file" / "p.png"), "--plot", "cannot write")
+    _one_error_line(run_cli("colorhist", tmp_path / "a", "--plot", tmp_path / "file" / "p.png"), "--plot", "a file is in the way")
+
+
+def test_plot_is_never_written_into_a_measured_folder(tmp_path: Path, run_cli, make_images) -> None:
+    """§1 item 8: `--plot SRC/plot.png` became an image of SRC for the next `mix`."""
+    make_images(tmp_path / "a", 2, size=8)
+    make_images(tmp_path / "b", 2, size=8, seed=1)
+    make_images(tmp_path / "ref", 2, size=8, seed=2)
+    for folder in ("a", "b", "ref"):
+        r = run_cli("colorhist", tmp_path / "a", tmp_path / "b", "--ref", tmp_path / "ref", "--plot", tmp_path / folder / "sub" / "plot.png")
+        _one_error_line(r, f"--plot {tmp_path / folder / 'sub' / 'plot.png'}: is inside measured folder")
+        assert not (tmp_path / folder / "sub").exists() and len(list((tmp_path / folder).iterdir())) == 2
+    r = run_cli("colorhist", tmp_path / "a", tmp_path / "b", "--plot", tmp_path / "figs" / "plot.png")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "figs" / "plot.png").is_file() and [p.name for p in (tmp_path / "figs").iterdir()] == ["plot.png"]

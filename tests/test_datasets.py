@@ -14,12 +14,12 @@ from mad_cli import datasets
 from mad_cli.datasets import digit_to_uint8, load_digits_arrays, split_indices, write_digits
 from mad_cli.errors import MadError
 from mad_cli.imagedir import list_images, read_image, read_tags, sha256_file
-from mad_cli.staging import STAGING_NAME
+from mad_cli.outputs import LEDGER_NAME, STAGING_NAME
 
 
 def _labels(out: Path) -> dict[str, int]:
     with open(out / "labels.csv", newline="") as fh:
-        return {row["file"]: int(row["digit"]) for row in csv.DictReader(fh)}
+        return {row["file"]: int(row["label"]) for row in csv.DictReader(fh)}
 
 
 def test_split_is_stratified_disjoint_and_complete() -> None:
@@ -72,7 +72,7 @@ def test_write_digits_files_labels_and_tags(tmp_path: Path) -> None:
     for p in paths[:5]:
         tags = read_tags(p)
         assert tags["origin"] == "real" and tags["dataset"] == "sklearn-digits"
-        assert int(tags["digit"]) == labels[p.name] == truth[int(p.stem)]
+        assert int(tags["label"]) == labels[p.name] == truth[int(p.stem)]
         assert read_image(p).shape == (16, 16)
     info = json.loads((out / "dataset.json").read_text())
     assert info["count"] == 30 and sum(info["per_digit"].values()) == 30 and info["split"] == "train"
@@ -148,7 +148,7 @@ def test_interrupted_run_leaves_nothing_and_reruns(tmp_path: Path, monkeypatch) 
     (out / STAGING_NAME / "0001.png").write_bytes(b"half")
     monkeypatch.setattr(datasets, "write_png", real_write)
     assert write_digits(out, resolution=8, limit=10)["count"] == 10
-    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in list_images(out)] + ["labels.csv", "dataset.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in list_images(out)] + ["labels.csv", "dataset.json", LEDGER_NAME])
 
 
 def test_cli_dataset_digits_json(tmp_path: Path, run_cli) -> None:

@@ -48,7 +48,7 @@ def test_digits_classifier_held_out_accuracy_on_written_test_split(tmp_path: Pat
     probs = F.digits_probabilities([out / r["file"] for r in rows])
     assert probs.shape == (len(rows), 10)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-    accuracy = float((probs.argmax(1) == np.array([int(r["digit"]) for r in rows])).mean())
+    accuracy = float((probs.argmax(1) == np.array([int(r["label"]) for r in rows])).mean())
     assert accuracy >= 0.97, accuracy
     # A folder gives the same rows in sorted order.
     assert np.allclose(F.digits_probabilities(out), probs, atol=1e-6)
@@ -86,6 +86,123 @@ def test_folder_features_cache_hit_and_invalidation(tmp_path: Path, make_images)
     # A different n is a different entry; n rows are the first n in sorted order.
     sub = F.folder_features(folder, ex, n=5, cache_dir=cache)
     assert np.allclose(sub, third[:5], atol=1e-5)
+
+
+def _same_size_images(folder: Path, seeds: list[int], size: int = 16) -> list[Path]:
+    """BMPs: uncompressed, so every image of one size has the same byte count."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, seed in enumerate(seeds):
+        arr = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
+        path = folder / f"img{i:04d}.bmp"
+        Image.fromarray(arr).save(path, format="BMP")
+        paths.append(path)
+    return paths
+
+
+def test_cache_is_keyed_by_content_not_by_size_and_mtime(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "imgs"
+    paths = _same_size_images(folder, [0, 1, 2, 3])
+    other = _same_size_images(tmp_path / "other", [10, 11, 12, 13])
+    stamp = 1_700_000_000_000_000_000
+    for p in paths + other:
+        os.utime(p, ns=(stamp, stamp))  # as after rsync -a of files made in the same second
+    ex = F.get_extractor("digits")
+    cache = tmp_path / "cache"
+    before = F.folder_features(folder, ex, cache_dir=cache)
+    shutil.copy2(other[2], paths[2])  # cp -p: a different image, same size, same mtime, same name
+    assert paths[2].stat().st_size == other[2].stat().st_size and paths[2].stat().st_mtime_ns == stamp
+    calls = _count_calls(ex)
+    after = F.folder_features(folder, ex, cache_dir=cache)
+    fresh = F.folder_features(folder, ex, cache_dir=False)
+    assert sum(calls) == 4 + 4, "the replaced folder must be extracted, not served from the cache"
+    assert np.allclose(after, fresh, atol=1e-6) and not np.allclose(after[2], before[2])
+    # Content, not names or places: a copy of the folder elsewhere is a hit.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    for p in copy.iterdir():
+        os.utime(p, ns=(stamp + 5, stamp + 5))
+    calls.clear()
+    assert np.array_equal(F.folder_features(copy, ex, cache_dir=cache), after) and calls == []
+
+
+def test_cache_with_n_keys_exactly_the_first_n_images(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "imgs"
+    paths = _same_size_images(folder, [0, 1, 2, 3, 4, 5])
+    spare = _same_size_images(tmp_path / "spare", [20, 21])
+    ex = F.get_extractor("digits")
+    cache = tmp_path / "cache"
+    first3 = F.folder_features(folder, ex, n=3, cache_dir=cache)
+    calls = _count_calls(ex)
+    shutil.copy2(spare[0], paths[4])  # outside the first 3: their entry still holds
+    assert np.array_equal(F.folder_features(folder, ex, n=3, cache_dir=cache), first3) and calls == []
+    stat = paths[1].stat()
+    shutil.copy2(spare[1], paths[1])  # inside: recomputed, even with the old mtime
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = F.folder_features(folder, ex, n=3, cache_dir=cache)
+    assert sum(calls) == 3 and np.allclose(again, F.folder_features(folder, ex, n=3, cache_dir=False), atol=1e-6)
+    assert not np.allclose(again[1], first3[1]) and np.allclose(again[[0, 2]], first3[[0, 2]], atol=1e-6)
+
+
+def test_feature_cache_never_imports_features() -> None:
+    """The cache knows extractors only by their identity: no import of mad_cli.features, not even a lazy one."""
+    import ast
+
+    import mad_cli.feature_cache as cache_module
+
+    tree = ast.parse(Path(cache_module.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            assert all(not alias.name.startswith("mad_cli.features") for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.module != "mad_cli.features" and not (node.module == "mad_cli" and any(a.name == "features" for a in node.names))
+    code = "import sys, mad_cli.feature_cache; assert 'mad_cli.features' not in sys.modules"
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_identity_changes_with_everything_that_shapes_features(tmp_path: Path) -> None:
+    ex = F.get_extractor("digits")
+    other_weights = tmp_path / "digits-copy.pt"
+    state = torch.load(F.DIGITS_WEIGHTS, weights_only=True)
+    state["fc1.bias"] = state["fc1.bias"] + 1.0
+    torch.save(state, other_weights)
+    changed = F.get_extractor("digits", weights=other_weights)
+    assert ex.identity != changed.identity and ex.weights_sha256 in ex.identity
+    assert ex.identity == F.get_extractor("digits").identity
+    script = _script_module(tmp_path, "mean")
+    ts = F.get_extractor(f"torchscript:{script}")
+    assert "pil-bicubic" in ts.identity and ts.identity != ex.identity
+
+
+def test_extractor_table_is_the_one_place_an_extractor_is_defined(tmp_path: Path, monkeypatch) -> None:
+    names = [spec.name for spec in F.EXTRACTORS]
+    assert len(set(names)) == len(names)
+    assert F.extractor_help() == ", ".join(spec.spelled for spec in F.EXTRACTORS)
+    assert F.find_spec("inception-v3-compat").name == "inception" and F.metric_prefix("inception-v3-compat") == "fid"
+    assert F.metric_prefix("vgg16") == "fd_vgg16" and F.metric_prefix(f"torchscript:{tmp_path}/x.pt") == "fd_torchscript"
+    for spec in F.EXTRACTORS:
+        assert spec.name in F.extractor_help()
+        if spec.weights_file:  # every torch-fidelity entry says which file it needs
+            assert spec.tf_name and spec.tf_layer and spec.dim and spec.construct is not None
+    # One entry is all a new extractor needs: get_extractor, the help, the column name see it.
+    def build(spec, weights, device):
+        return F.Extractor(spec.name, "0" * 64, 2, 1, 8, device, lambda x: x.float().mean((2, 3)).repeat(1, 2), always_resize=True)
+
+    monkeypatch.setattr(F, "EXTRACTORS", (*F.EXTRACTORS, F.ExtractorSpec("mean-grey", "mean grey level, twice", build, dim=2, channels=1, input_size=8)))
+    ex = F.get_extractor("mean-grey")
+    assert ex.extract(torch.full((3, 1, 8, 8), 10, dtype=torch.uint8)).tolist() == [[10.0, 10.0]] * 3
+    assert "mean-grey" in F.extractor_help() and F.metric_prefix("mean-grey") == "fd_mean_grey"
+    with pytest.raises(MadError, match="unknown extractor .*mean-grey"):
+        F.get_extractor("nonsense")
 
 
 def test_cache_disabled_writes_nothing_and_default_dir_comes_from_env(tmp_path: Path, make_images, monkeypatch) -> None:
@@ -206,8 +323,9 @@ def test_weights_that_pickle_code_are_refused(tmp_path: Path, monkeypatch) -> No
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"x": _Evil()}))
     for name in ("inception", "digits"):
-        with pytest.raises(MadError, match="not a plain PyTorch state_dict"):
+        with pytest.raises(MadError, match="refusing to load: .*nothing in it was run") as info:
             F.get_extractor(name, weights=evil)
+        assert "weights_only" not in str(info.value)  # torch's advice to load unsafely is never passed on
     assert not (tmp_path / "PWNED").exists()
 
 

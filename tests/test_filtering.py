@@ -13,7 +13,15 @@ from PIL import Image
 
 from mad_cli import filtering
 from mad_cli.errors import MadError
-from mad_cli.filtering import Rule, artifact_score, dedup_mask, filter_folder, parse_rules, realism_scores, select
+from mad_cli.filtering import (
+    Rule,
+    artifact_score,
+    dedup_mask,
+    filter_folder,
+    parse_rules,
+    realism_scores,
+    select,
+)
 from mad_cli.imagedir import provenance_tags, sha256_file, write_png
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # our test extractor is TorchScript
@@ -163,7 +171,11 @@ def test_artifact_score_rises_monotonically_with_grating_amplitude() -> None:
 
 def test_parse_rules_settings_and_mistakes(tmp_path: Path) -> None:
     rules = parse_rules(["provenance", "artifacts", "realism:keep=0.3", "dedup"], keep=0.8, ref=tmp_path)
-    assert [(r.name, r.keep, r.threshold) for r in rules] == [("provenance", None, None), ("artifacts", 0.8, None), ("realism", 0.3, None), ("dedup", None, 0.95)]
+    # dedup compares pixels by default (offline), with its own cut-off; in a feature space it keeps cosine 0.95
+    assert [(r.name, r.keep, r.threshold) for r in rules] == [("provenance", None, None), ("artifacts", 0.8, None), ("realism", 0.3, None), ("dedup", None, 0.98)]
+    assert parse_rules(["dedup:features=inception"])[0].threshold == 0.95
+    assert parse_rules(["dedup"], features="vgg16")[0].threshold == 0.95
+    assert parse_rules(["dedup:features=pixels"], features="vgg16")[0].threshold == 0.98
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     merged = parse_rules([f"labels:{a}", "provenance", f"labels:{b}"])
     assert [r.name for r in merged] == ["labels", "provenance"] and merged[0].files == [a, b]
@@ -173,6 +185,8 @@ def test_parse_rules_settings_and_mistakes(tmp_path: Path) -> None:
         (["realism"], {}, "--ref"),
         (["dedup:keep=0.5"], {}, "takes threshold"),
         (["provenance:threshold=1"], {}, "takes no threshold"),
+        (["provenance:features=inception"], {}, "has no setting 'features'"),
+        (["classifier:ref=x"], {}, "has no setting 'ref'"),
         (["artifacts:keep=abc"], {}, "not a number"),
         (["artifacts:keep=0"], {}, "(0, 1]"),
         (["artifacts"], {"keep": 0.5, "threshold": 1.0}, "not both"),
@@ -318,16 +332,39 @@ def test_empty_src_and_out_inside_src(tmp_path: Path, run_cli) -> None:
     one_line_error(run_cli("filter", tmp_path / "nowhere", tmp_path / "out", "--by", "provenance"), "does not exist")
     src, _ = labelled_src(tmp_path)
     before = snapshot(src)
-    one_line_error(run_cli("filter", src, src / "kept", "--by", "provenance"), "inside source folder")
-    one_line_error(run_cli("filter", src, src, "--by", "provenance"), "inside source folder")
-    one_line_error(run_cli("filter", src, tmp_path / "ok", "--by", "provenance", "--rejected", src / "rej"), "inside source folder")
+    one_line_error(run_cli("filter", src, src / "kept", "--by", "provenance"), "is inside input folder")
+    one_line_error(run_cli("filter", src, src, "--by", "provenance"), "is inside input folder")
+    one_line_error(run_cli("filter", src, tmp_path / "ok", "--by", "provenance", "--rejected", src / "rej"), "is inside input folder")
     one_line_error(run_cli("filter", src, tmp_path / "same", "--by", "provenance", "--rejected", tmp_path / "same"), "separate folder")
     assert snapshot(src) == before and not (tmp_path / "ok").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "note.txt").write_text("mine")
-    one_line_error(run_cli("filter", src, tmp_path / "busy", "--by", "provenance"), "not empty")
-    one_line_error(run_cli("filter", src, tmp_path / "busy", "--by", "provenance", "--force"), "replaces only an earlier mad filter output")
+    one_line_error(run_cli("filter", src, tmp_path / "busy", "--by", "provenance"), "not empty (use --force")
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["note.txt"]
+
+
+def test_force_keeps_the_users_files_and_replaces_only_what_filter_wrote(tmp_path: Path, run_cli) -> None:
+    """§1 item 3: `mad filter OUT --force` used to delete the user's files in OUT."""
+    src, names = labelled_src(tmp_path)
+    out = tmp_path / "out"
+    labels = tmp_path / "l.csv"
+    labels.write_text(f"file,label\n{names[0]},bad\n{names[1]},bad\n")
+    assert run_cli("filter", src, out, "--by", "provenance").exit_code == 0
+    assert kept_names(out) == names
+    (out / "note.txt").write_text("mine")
+    write_png(out / "my-own.png", np.zeros((4, 4), np.uint8))
+    r = run_cli("filter", src, out, "--by", f"labels:{labels}", "--force")
+    assert r.exit_code == 0, r.stderr
+    assert (out / "note.txt").read_text() == "mine" and (out / "my-own.png").exists()
+    assert kept_names(out) == sorted(["my-own.png", *names[2:]])  # our two dropped images are gone, theirs stays
+    assert "1 image(s) not written by this run were already there" in r.stderr
+    assert [row["file"] for row in decisions(out) if row["kept"] == "1"] == names[2:]
+    # A folder of other files is written into with --force, and nothing of it is touched.
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert run_cli("filter", src, busy, "--by", "provenance", "--force").exit_code == 0
+    assert (busy / "keep.txt").read_text() == "x" and kept_names(busy) == names
 
 
 def test_out_is_complete_or_absent_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -343,14 +380,15 @@ def test_out_is_complete_or_absent_when_writing_fails(tmp_path: Path, monkeypatc
         real_place(a, b, link)
 
     monkeypatch.setattr(filtering, "place_file", flaky)
-    with pytest.raises(MadError, match="No space left on device"):
+    with pytest.raises(OSError) as err:  # the CLI's one mapping turns it into one line naming OUT
         filter_folder(src, out, [Rule("provenance", "provenance")])
+    assert err.value.errno == 28 and err.value.filename == str(out)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
     monkeypatch.setattr(filtering, "place_file", real_place)
     summary = filter_folder(src, out, [Rule("provenance", "provenance")])  # a re-run simply works
     assert summary["kept"] == 6 and kept_names(out) == names
-    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["decisions.csv", "filter.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["decisions.csv", "filter.json", ".mad-owned.json"])
 
 
 def test_link_modes_and_force_rerun(tmp_path: Path, run_cli) -> None:
@@ -501,3 +539,122 @@ def test_classifier_keeps_confident_digits(tmp_path: Path, run_cli) -> None:
     assert kept_names(tmp_path / "top") == [names[i] for i in top]
     rows = {row["file"]: float(row["score"]) for row in decisions(tmp_path / "top")}
     assert rows[names[0]] == pytest.approx(float(confidence[0]), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# The rule table: one entry is a rule
+
+
+def test_a_new_rule_is_one_table_entry(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parser, runner, decisions.csv and --help all pick a rule up from its entry alone."""
+    from mad_cli.imagedir import read_image
+
+    def brightness(ctx, rule, idx):
+        return np.array([float(read_image(ctx.paths[i]).mean()) for i in idx]), None
+
+    entry = filtering.RuleSpec("brightness", "keeps the darkest images", brightness, takes_keep=True, takes_threshold=True,
+                               default_threshold=100.0, higher_is_better=False, threshold_help="mean grey level <= T")
+    monkeypatch.setitem(filtering.RULE_TABLE, "brightness", entry)
+    src = tmp_path / "grey"
+    names = write_folder(src, [np.full((8, 8), v, np.uint8) for v in (10, 200, 50, 150)])
+    r = run_cli("filter", src, tmp_path / "out", "--by", "brightness", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert kept_names(tmp_path / "out") == [names[0], names[2]]  # default threshold 100, lower is better
+    assert [row["brightness"] for row in decisions(tmp_path / "out")] == ["10", "200", "50", "150"]
+    r = run_cli("filter", src, tmp_path / "keep", "--by", "brightness:keep=0.25")
+    assert r.exit_code == 0 and kept_names(tmp_path / "keep") == [names[0]]
+    one_line_error(run_cli("filter", src, tmp_path / "x", "--by", "brightness:ref=foo"), "has no setting 'ref'")
+    help_text = " ".join(run_cli("filter", "--help").stdout.split())
+    assert "brightness" in help_text and "mean grey level <= T (default 100)" in help_text and "keeps the darkest images" in help_text
+
+
+def test_help_lists_every_rule_of_the_table(run_cli) -> None:
+    text = " ".join(run_cli("filter", "--help").stdout.split())
+    for spec in filtering.RULE_TABLE.values():
+        assert spec.spelled in text and spec.help in text
+        if spec.default_threshold is not None:
+            assert f"(default {spec.default_threshold:g}" in text
+
+
+def test_filter_builds_one_extractor_per_run(tmp_path: Path, run_cli, pixel_features: str, realism_case, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mad_cli.features as feats
+
+    built: list[str] = []
+    real_get = feats.get_extractor
+
+    def counting(name, *args, **kwargs):
+        built.append(name)
+        return real_get(name, *args, **kwargs)
+
+    monkeypatch.setattr(feats, "get_extractor", counting)
+    ref, src, _inside, _far = realism_case
+    r = run_cli("filter", src, tmp_path / "out", "--by", "realism", "--ref", ref, "--keep", "0.9", "--by", "dedup", "--features", pixel_features, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert built == [pixel_features]  # realism's REAL and SRC and dedup share one
+    assert r.json_rows()[0]["dedup_space"] == pixel_features
+
+
+# ---------------------------------------------------------------------------------------
+# dedup offline: pixel thumbnails
+
+
+def test_pixel_similarity_scale() -> None:
+    a = np.zeros((1, 12))
+    assert filtering.pixel_similarity(a, a)[0, 0] == pytest.approx(1.0)
+    assert filtering.pixel_similarity(a, a + 255)[0, 0] == pytest.approx(0.0)
+    assert filtering.pixel_similarity(a, a + 5)[0, 0] == pytest.approx(1 - 5 / 255)
+    keep, best = filtering.pixel_dedup_mask(np.stack([a[0], a[0] + 3, a[0] + 200, a[0] + 203, a[0] + 6]), 0.98)
+    # +6 is 3 from the dropped +3 but 6 (similarity 0.976) from the kept 0: compared with kept images only, it stays
+    assert keep.tolist() == [True, False, True, False, True] and math.isnan(best[0])
+
+
+def _colour_digit(arr: np.ndarray, tint: tuple[float, float, float]) -> np.ndarray:
+    return np.clip(arr[:, :, None] * np.array(tint)[None, None, :], 0, 255).astype(np.uint8)
+
+
+def test_dedup_works_offline_on_colour_images_by_default(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights-here"))  # Inception is not available
+    base = [_colour_digit(d, (1.0, 0.7, 0.4)) for d in digits(60, start=100)]
+    src = tmp_path / "gen"
+    names = write_folder(src, base)  # 60 different digits
+    rng = np.random.default_rng(0)
+    copies = []
+    for k, i in enumerate((3, 17, 42, 59)):
+        (src / f"z-copy{k}.png").write_bytes((src / names[i]).read_bytes())  # exact copy
+        buf = io.BytesIO()
+        Image.fromarray(base[i]).save(buf, format="JPEG", quality=85)
+        (src / f"z-jpeg{k}.jpg").write_bytes(buf.getvalue())  # re-encoded
+        noisy = np.clip(base[i].astype(int) + rng.integers(-3, 4, base[i].shape), 0, 255).astype(np.uint8)
+        write_png(src / f"z-noisy{k}.png", noisy)  # re-quantised
+        copies += [f"z-copy{k}.png", f"z-jpeg{k}.jpg", f"z-noisy{k}.png"]
+    r = run_cli("filter", src, tmp_path / "out", "--by", "dedup", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert kept_names(tmp_path / "out") == names  # every different digit stays, every copy goes
+    rows = {row["file"]: row for row in decisions(tmp_path / "out")}
+    assert all(rows[c]["kept"] == "0" and float(rows[c]["score"]) > 0.98 for c in copies)
+    assert max(float(rows[n]["score"]) for n in names[1:]) < 0.98
+    (row,) = r.json_rows()
+    assert row["dropped:dedup"] == len(copies) and row["dedup_space"] == "pixels"
+
+
+def test_different_digits_are_not_duplicates_in_pixel_space(tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    write_folder(src, digits(400))
+    keep, best = filtering.pixel_dedup_mask(filtering.pixel_thumbnails(sorted(src.glob("*.png"))), filtering.PIXEL_DEDUP_THRESHOLD)
+    assert keep.all() and np.nanmax(best) < filtering.PIXEL_DEDUP_THRESHOLD
+
+
+def test_dedup_in_a_feature_space_on_request(tmp_path: Path, run_cli, pixel_features: str) -> None:
+    base = digits(4, start=40)
+    src = tmp_path / "gen"
+    brighter = np.clip(base[1].astype(int) + 40, 0, 255).astype(np.uint8)  # far in pixels, close in direction
+    names = write_folder(src, [base[0], base[1], brighter, base[2], base[3]])
+    r = run_cli("filter", src, tmp_path / "pix", "--by", "dedup", "--json")
+    assert r.exit_code == 0 and kept_names(tmp_path / "pix") == names
+    r = run_cli("filter", src, tmp_path / "feat", "--by", f"dedup:features={pixel_features}", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert r.json_rows()[0]["dedup_space"] == pixel_features
+    rows = {row["file"]: float(row["score"]) for row in decisions(tmp_path / "feat") if row["score"]}
+    assert rows[names[2]] > rows[names[3]]  # cosine sees the brighter copy as the closest

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from mad_cli.errors import MadError
-from mad_cli.imagedir import list_images, read_image, write_png
-from mad_cli.models.gaussian import fit_gaussian, fit_gaussian_folder, model_covariance, sample_gaussian, to_uint8
+from mad_cli.imagedir import list_images, read_image, to_uint8, write_png
+from mad_cli.models.gaussian.model import fit_gaussian, model_covariance, sample_gaussian
 from mad_cli.models.snapshot import load_snapshot, snapshot_id
 from mad_cli.sampling import sample_snapshot
+from mad_cli.train import train
 
 
 def _correlated(n: int, dim: int, seed: int, scale: float = 0.2) -> np.ndarray:
@@ -107,7 +108,7 @@ def _write_folder(folder: Path, x: np.ndarray, side: int) -> None:
 def test_fit_folder_writes_a_run_that_samples(tmp_path: Path) -> None:
     x = _correlated(80, 64, seed=6)
     _write_folder(tmp_path / "data", x, 8)
-    result = fit_gaussian_folder(tmp_path / "data", tmp_path / "run")
+    result = train(tmp_path / "data", tmp_path / "run", model="gaussian")
     run = tmp_path / "run"
     for name in ("config.json", "log.jsonl", "snapshot-000000.pt", "latest.pt", "fakes-000000.png"):
         assert (run / name).is_file(), name
@@ -121,12 +122,17 @@ def test_fit_folder_writes_a_run_that_samples(tmp_path: Path) -> None:
     assert result["rank"] == config["rank"] and result["mode"] == "full"
     # Deterministic: refitting gives a byte-identical snapshot, hence the same generator id.
     first = snapshot_id(run / "latest.pt")
-    fit_gaussian_folder(tmp_path / "data", run)  # re-running the same step over its own output
+    train(tmp_path / "data", run, model="gaussian", resume="latest")  # re-running the same step over its own output
     assert snapshot_id(run / "latest.pt") == first
     assert snapshot_id(run / "snapshot-000000.pt") == first
-    (run / "notes.txt").write_text("not ours")
+    with pytest.raises(MadError, match="holds a training run; continue it with --resume latest"):
+        train(tmp_path / "data", run, model="gaussian")  # a new run must not overwrite an old one
+    with pytest.raises(MadError, match="nothing to fine-tune"):
+        train(tmp_path / "data", tmp_path / "run-b", model="gaussian", resume=str(run / "latest.pt"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not ours")
     with pytest.raises(MadError, match="not empty"):
-        fit_gaussian_folder(tmp_path / "data", run)
+        train(tmp_path / "data", tmp_path / "other", model="gaussian")
 
 
 def test_folder_loop_loses_variance_by_psi_squared(tmp_path: Path) -> None:
@@ -136,7 +142,7 @@ def test_folder_loop_loses_variance_by_psi_squared(tmp_path: Path) -> None:
     psi, var = 0.5, []
     data = tmp_path / "gen0"
     for t in range(3):
-        fit_gaussian_folder(data, tmp_path / f"run{t}")
+        train(data, tmp_path / f"run{t}", model="gaussian")
         snap = load_snapshot(tmp_path / f"run{t}" / "latest.pt")
         var.append(float(snap["model"]["scales"].pow(2).sum()))
         data = tmp_path / f"gen{t + 1}"
@@ -150,14 +156,14 @@ def test_fit_folder_bad_input(tmp_path: Path, make_images) -> None:
     make_images(tmp_path / "mixed", 3, size=8)
     make_images(tmp_path / "mixed", 1, size=16, prefix="z")
     with pytest.raises(MadError, match="z0000.png"):
-        fit_gaussian_folder(tmp_path / "mixed", tmp_path / "run1")
+        train(tmp_path / "mixed", tmp_path / "run1", model="gaussian")
     make_images(tmp_path / "one", 1, size=8)
     with pytest.raises(MadError, match="at least 2"):
-        fit_gaussian_folder(tmp_path / "one", tmp_path / "run2")
+        train(tmp_path / "one", tmp_path / "run2", model="gaussian")
     (tmp_path / "empty").mkdir()
     with pytest.raises(MadError, match="no images"):
-        fit_gaussian_folder(tmp_path / "empty", tmp_path / "run3")
-    with pytest.raises(MadError, match="inside source"):
-        fit_gaussian_folder(tmp_path / "one", tmp_path / "one" / "run")
+        train(tmp_path / "empty", tmp_path / "run3", model="gaussian")
+    with pytest.raises(MadError, match="inside input folder"):
+        train(tmp_path / "one", tmp_path / "one" / "run", model="gaussian")
     # A failed fit leaves no empty RUN folder behind (it would look like a run).
     assert not any((tmp_path / name).exists() for name in ("run1", "run2", "run3"))

@@ -17,7 +17,6 @@ from mad_cli.imagedir import (
     iter_images,
     list_images,
     place_file,
-    prepare_output_dir,
     provenance_tags,
     read_image,
     read_tags,
@@ -290,39 +289,112 @@ def test_place_file_failure_leaves_no_partial(tmp_path: Path, make_images, monke
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_prepare_output_dir_refusals(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    with pytest.raises(MadError, match="inside source folder"):
-        prepare_output_dir(src / "out", sources=[src])
-    with pytest.raises(MadError, match="inside source folder"):
-        prepare_output_dir(src, sources=[src], force=True)
-    with pytest.raises(MadError, match="contains source folder"):
-        prepare_output_dir(tmp_path, sources=[src], force=True)
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "x.txt").write_text("keep me")
-    with pytest.raises(MadError, match="not empty .*--force"):
-        prepare_output_dir(full)
-    assert prepare_output_dir(full, force=True) == full and (full / "x.txt").read_text() == "keep me"
-    afile = tmp_path / "afile"
-    afile.write_text("x")
-    with pytest.raises(MadError, match="not a folder"):
-        prepare_output_dir(afile)
-    with pytest.raises(MadError, match="cannot write there"):
-        prepare_output_dir(afile / "below")
-    assert not (src / "out").exists()
+def test_a_failed_write_names_the_file(tmp_path: Path, monkeypatch) -> None:
+    """A full disk while writing: the OSError carries the file's name, so its one-line message says where."""
+    import errno
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    target = tmp_path / "out" / "a.txt"
+    with pytest.raises(OSError) as err:
+        with atomic_open(target, "w") as fh:
+            Full(fh).write("x")
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(target)
+    assert _no_temp_files(tmp_path / "out")
 
 
-def test_prepare_output_dir_creates_nested(tmp_path: Path) -> None:
-    target = prepare_output_dir(tmp_path / "a" / "b", flag="OUT")
-    assert target.is_dir() and list(target.iterdir()) == []
+# ---------------------------------------------------------------------------------------
+# Bounded input: decompression bombs, links, things that are not files
 
 
-def test_oversized_image_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
+def _bomb(path: Path, side: int) -> Path:
+    """A PNG that declares side² pixels in a few hundred bytes (one zlib stream of zeros)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grey
+    row = b"\x00" * (side + 1)
+    body = zlib.compressobj(9)
+    data = b"".join(body.compress(row) for _ in range(64)) + body.flush()  # only the first rows: the header is what counts
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path: Path, monkeypatch) -> None:
+    bomb = _bomb(tmp_path / "bomb.png", 16000)
+    assert bomb.stat().st_size < 100_000
+    for reader in (read_image, imagedir.image_size, read_tags):
+        with pytest.raises(MadError) as err:
+            reader(bomb)
+        assert str(err.value).startswith(f"{bomb}: 256,000,000 pixels is over the limit of 33,554,432")
+        assert "MAD_MAX_PIXELS" in str(err.value) and "\n" not in str(err.value)
+    # Pillow's own check is held at the same limit, so readers that open images themselves refuse it too.
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+
+
+def test_the_pixel_limit_is_set_by_the_environment(tmp_path: Path, monkeypatch) -> None:
     p = _save(tmp_path / "big.png", Image.new("L", (64, 64)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 px > 2 × limit: PIL refuses
-    with pytest.raises(MadError, match="big.png: cannot decode"):
+    monkeypatch.setenv("MAD_MAX_PIXELS", "4096")
+    assert read_image(p).shape == (64, 64)  # exactly at the limit: fine
+    monkeypatch.setenv("MAD_MAX_PIXELS", "4095")
+    with pytest.raises(MadError, match="big.png: 64×64 = 4,096 pixels is over the limit of 4,095"):
         read_image(p)
-    with pytest.raises(MadError, match="big.png: cannot decode"):
+    with pytest.raises(MadError, match="big.png: 4,096 pixels is over the limit of 1,000"):  # Pillow's check, same limit
+        monkeypatch.setenv("MAD_MAX_PIXELS", "1000")
         imagedir.image_size(p)
+    monkeypatch.setenv("MAD_MAX_PIXELS", "lots")
+    with pytest.raises(MadError, match="MAD_MAX_PIXELS=lots: expected a whole number"):
+        read_image(p)
+
+
+def test_a_symlink_loop_is_an_error_not_endless_copies(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _save(src / "a.png", Image.new("L", (4, 4)))
+    (src / "loop").symlink_to(".")
+    with pytest.raises(MadError) as err:
+        list_images(src)
+    assert str(err.value).startswith(f"{src / 'loop'}: symlink loop") and "\n" not in str(err.value)
+    (src / "loop").unlink()
+    (src / "sub").mkdir()
+    (src / "sub" / "up").symlink_to("..")
+    with pytest.raises(MadError, match="symlink loop"):
+        list_images(src)
+
+
+def test_linked_folders_are_not_followed_and_are_counted(tmp_path: Path, capsys) -> None:
+    src, other = tmp_path / "src", tmp_path / "other"
+    _save(src / "a.png", Image.new("L", (4, 4)))
+    _save(src / "sub" / "b.png", Image.new("L", (4, 4)))
+    _save(other / "c.png", Image.new("L", (4, 4)))
+    (src / "alias").symlink_to(src / "sub")  # inside: would list b.png twice
+    (src / "elsewhere").symlink_to(other)  # outside the folder
+    (src / "one.png").symlink_to(other / "c.png")  # a linked file is an image (what --link symlink writes)
+    assert [p.relative_to(src).as_posix() for p in list_images(src)] == ["a.png", "one.png", "sub/b.png"]
+    err = capsys.readouterr().err
+    assert "2 linked folder(s) inside it are not followed" in err and len(err.strip().splitlines()) == 1
+    list_images(src)
+    assert capsys.readouterr().err == ""  # once per folder and process
+
+
+def test_a_pipe_named_like_an_image_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _save(src / "a.png", Image.new("L", (4, 4)))
+    os.mkfifo(src / "b.png")
+    with pytest.raises(MadError, match=r"b.png: not a regular file"):
+        list_images(src)
+    os.unlink(src / "b.png")
+    (src / "zero.png").symlink_to("/dev/zero")  # hashing it would never end
+    with pytest.raises(MadError, match=r"zero.png: not a regular file"):
+        list_images(src)

@@ -11,7 +11,11 @@ import pytest
 import torch
 
 from mad_cli import metrics as M
-from mad_cli.features import DIGITS_WEIGHTS, INCEPTION_FILE, write_random_inception_weights
+from mad_cli.features import (
+    DIGITS_WEIGHTS,
+    INCEPTION_FILE,
+    write_random_inception_weights,
+)
 from mad_cli.imagedir import write_png
 
 # ---------------------------------------------------------------------------------------
@@ -89,11 +93,6 @@ def test_collapsed_generator_has_recall_zero_and_precision_high() -> None:
     assert out["coverage"] < 0.3  # a fresh sample of 300 would cover ~97 %
 
 
-def test_knn_radii_need_k_plus_one_points() -> None:
-    with pytest.raises(ValueError, match="k\\+1=4"):
-        M.knn_sq_radii(np.zeros((3, 2)), 3)
-
-
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two() -> None:
     rng = np.random.default_rng(8)
     same_mean, same_std = M.kid_from_features(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), 100, 50, seed=1)
@@ -122,7 +121,10 @@ def feature_pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_fid_agrees_with_torch_fidelity(feature_pair) -> None:
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     gen, real = feature_pair
     theirs = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(gen)), fid_features_to_statistics(torch.from_numpy(real)), verbose=False)

@@ -16,7 +16,7 @@ from mad_cli import mix as mix_module
 from mad_cli.errors import MadError
 from mad_cli.imagedir import list_images, provenance_tags, sha256_file, write_png
 from mad_cli.mix import fraction_counts, mix, parse_source
-from mad_cli.staging import STAGING_NAME
+from mad_cli.outputs import LEDGER_NAME, STAGING_NAME
 
 
 def _manifest(out: Path) -> list[dict[str, str]]:
@@ -47,7 +47,6 @@ def sources(tmp_path: Path, make_images) -> tuple[Path, Path]:
     [
         ("data", "data", None, None),
         ("data:5", "data", 5, None),
-        ("data:0", "data", 0, None),
         ("data:0.5", "data", None, 0.5),
         ("data:.25", "data", None, 0.25),
         ("data:1.0", "data", None, 1.0),
@@ -76,6 +75,19 @@ def test_parse_source_negative_count() -> None:
         parse_source("data:-3", "real")
 
 
+def test_a_count_or_fraction_that_draws_nothing_is_refused_like_total_0(tmp_path: Path, sources) -> None:
+    real, synth = sources
+    with pytest.raises(MadError, match=r"count 0 draws nothing; give at least 1, or leave the source out"):
+        parse_source("data:0", "real")
+    with pytest.raises(MadError, match=r"--total 0: must be at least 1"):
+        mix(tmp_path / "out", real=[str(real)], total=0)
+    with pytest.raises(MadError, match=r"--synthetic .*:0.01: is 0 of --total 10 images"):
+        mix(tmp_path / "out", real=[f"{real}:0.99"], synthetic=[f"{synth}:0.01"], total=10)
+    with pytest.raises(MadError, match=r"count.*must be at most 100,000,000"):
+        parse_source("data:99999999999", "real")
+    assert not (tmp_path / "out").exists()
+
+
 def test_fraction_counts_largest_remainder() -> None:
     assert fraction_counts([1 / 3, 1 / 3, 1 / 3], 1000) == [334, 333, 333]
     assert fraction_counts([0.5, 0.5], 7) == [4, 3]
@@ -102,7 +114,7 @@ def test_counts_names_and_manifest(tmp_path: Path, sources) -> None:
         assert Path(r["source"]).is_absolute() and Path(r["source"]).parent in (real.resolve(), synth.resolve())
     assert [r["generation"] for r in rows] == [""] * 4 + ["3"] * 3
     assert len({r["source"] for r in rows}) == 7
-    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in files] + ["manifest.csv", "mix.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in files] + ["manifest.csv", "mix.json", LEDGER_NAME])
 
 
 def test_mix_json_records_arguments_and_counts(tmp_path: Path, sources) -> None:
@@ -214,7 +226,7 @@ def test_refusals_write_nothing_and_leave_sources_untouched(tmp_path: Path, sour
         with pytest.raises(MadError, match=message):
             mix(out, **kwargs)
         assert not out.exists(), kwargs
-    with pytest.raises(MadError, match="inside source folder"):
+    with pytest.raises(MadError, match="is inside input folder"):
         mix(real / "mixed", real=[str(real)])
     assert not (real / "mixed").exists()
     assert (_tree(real), _tree(synth)) == before
@@ -385,3 +397,63 @@ def test_write_png_made_images_are_sources_for_mix(tmp_path: Path) -> None:
     data = tmp_path / "d"
     write_png(data / "x.png", np.zeros((4, 4), np.uint8), provenance_tags("real"))
     assert mix(tmp_path / "o", real=[str(data)])["count"] == 1
+
+
+def test_a_malformed_or_empty_exclude_manifest_is_refused(tmp_path: Path, sources) -> None:
+    real, _ = sources
+    cases = {
+        "header only": ("path,source,sha256\n", "has no rows, so it would exclude nothing"),
+        "bad digest": (f"path,source,sha256\na.png,{real}/r0000.png,nothex\n", r"line 2: sha256 'nothex' is not a sha256 digest"),
+        "no source": ("path,source,sha256\na.png,," + "0" * 64 + "\n", "line 2: no source path"),
+        "short row": (f"path,source,sha256\na.png,{real}/r0000.png\n", "line 2: sha256 '' is not a sha256 digest"),
+    }
+    for name, (text, message) in cases.items():
+        manifest = tmp_path / f"{name}.csv"
+        manifest.write_text(text)
+        with pytest.raises(MadError, match=message):
+            mix(tmp_path / "out", real=[str(real)], exclude_manifests=[manifest])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_exclude_manifest_naming_missing_files_says_so_and_still_excludes_by_content(tmp_path: Path, sources, capsys) -> None:
+    real, _ = sources
+    mix(tmp_path / "gen1", real=[f"{real}:4"], seed=3)
+    moved = tmp_path / "moved"
+    real.rename(moved)
+    capsys.readouterr()
+    info = mix(tmp_path / "gen2", real=[str(moved)], exclude_manifests=[tmp_path / "gen1" / "manifest.csv"])
+    assert info["count"] == 6
+    assert "4 of its 4 source files no longer exist there; they are still excluded by content" in capsys.readouterr().err
+
+
+def test_force_replaces_the_earlier_mix_and_keeps_the_users_files(tmp_path: Path, sources, capsys) -> None:
+    real, synth = sources
+    out = tmp_path / "out"
+    mix(out, real=[f"{real}:6"])
+    (out / "mine.png").write_bytes((real / "r0000.png").read_bytes())
+    (out / "notes.txt").write_text("mine")
+    mix(out, synthetic=[f"{synth}:2"], force=True)
+    names = [p.name for p in list_images(out)]
+    assert len(names) == 3 and "mine.png" in names and sum("-syn0-" in n for n in names) == 2
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mine.png").exists()
+    assert len(_manifest(out)) == 2
+    assert "1 image(s) not written by this run were already there" in capsys.readouterr().err
+
+
+def test_labels_ride_along_but_never_stop_a_mix(tmp_path: Path, make_images) -> None:
+    """A labelled source keeps its labels; a foreign labels.csv is ignored with a warning;
+    a half-labelled result gets no labels.csv, and models then train on it unconditionally."""
+    from mad_cli.models.data import scan_folder
+
+    lab = tmp_path / "lab"
+    make_images(lab, 4, size=8, channels=1)
+    (lab / "labels.csv").write_text("file,label\n" + "".join(f"img{i:04d}.png,{i % 2}\n" for i in range(4)))
+    foreign = tmp_path / "foreign"
+    make_images(foreign, 3, size=8, channels=1, seed=1)
+    (foreign / "labels.csv").write_text("name,score\nx,0.5\n")
+    info = mix(tmp_path / "a", real=[str(lab)])
+    assert info["labelled"] == 4 and (tmp_path / "a" / "labels.csv").is_file()
+    assert scan_folder(tmp_path / "a").labels.tolist() == [0, 1, 0, 1]
+    info = mix(tmp_path / "b", real=[str(lab), str(foreign)])
+    assert info["labelled"] == 4 and not (tmp_path / "b" / "labels.csv").exists()
+    assert scan_folder(tmp_path / "b").labels is None

@@ -20,29 +20,7 @@ import pytest
 from mad_cli.imagedir import write_png
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 N_IMAGES = 20
-
-
-@pytest.fixture
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    with sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium"), args=CHROMIUM_ARGS, timeout=30000)
-        except Exception as exc:  # noqa: BLE001 - any launch failure means "no browser here"
-            pytest.skip(f"chromium could not start: {str(exc).splitlines()[0]}")
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _digit_like(i: int) -> np.ndarray:

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from mad_cli.devices import COMPUTE_BATCH
 from mad_cli.errors import MadError
-from mad_cli.imagedir import list_images, read_image, read_tags, write_png
-from mad_cli.models.gaussian import fit_gaussian_folder, to_uint8
+from mad_cli.imagedir import image_grid, list_images, read_image, read_tags, to_uint8, write_png
+from mad_cli.models.gaussian.sampler import GaussianSampler
 from mad_cli.models.snapshot import load_snapshot, save_snapshot, snapshot_id
-from mad_cli.sampling import COMPUTE_BATCH, GaussianSampler, contact_sheet, parse_seeds, sample_snapshot, stylegan2_latents
+from mad_cli.models.stylegan2.sampler import stylegan2_latents
+from mad_cli.sampling import parse_seeds, sample_snapshot
+from mad_cli.train import train
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def gauss_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(40):
         img = np.clip(base + rng.normal(0, 25) + rng.normal(0, 10, size=(8, 8, 3)), 0, 255).astype(np.uint8)
         write_png(root / "data" / f"img{i:03d}.png", img)
-    fit_gaussian_folder(root / "data", root / "run")
+    train(root / "data", root / "run", model="gaussian")
     return root / "run"
 
 
@@ -176,7 +179,7 @@ def test_grid_is_the_first_64(gauss_run: Path, tmp_path: Path) -> None:
     grid = read_image(tmp_path / "grid.png")
     assert grid.shape == (64, 64, 3)
     tiles = np.stack([read_image(out / f"seed{s:06d}.png") for s in range(64)])
-    assert np.array_equal(grid, contact_sheet(tiles))
+    assert np.array_equal(grid, image_grid(tiles))
     assert read_tags(tmp_path / "grid.png")["origin"] == "synthetic"
     with pytest.raises(MadError, match="inside OUT"):
         sample_snapshot(gauss_run / "latest.pt", out, n=70, device="cpu", grid=out / "grid.png")
@@ -324,3 +327,17 @@ def test_stylegan2_weights_not_fitting_config(sg_snapshot: Path, tmp_path: Path)
     save_snapshot(tmp_path / "bad.pt", snap)
     with pytest.raises(MadError, match="bad.pt"):
         sample_snapshot(tmp_path / "bad.pt", tmp_path / "out", n=2, device="cpu")
+
+
+def test_force_never_leaves_a_mix_of_settings(gauss_run: Path, tmp_path: Path) -> None:
+    """--force replaces our samples of another setting, all of them, and keeps other files."""
+    out = tmp_path / "out"
+    sample_snapshot(gauss_run / "latest.pt", out, n=8, psi=1.0, device="cpu")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(MadError, match="use --force"):
+        sample_snapshot(gauss_run / "latest.pt", out, n=4, psi=0.5, device="cpu")
+    sample_snapshot(gauss_run / "latest.pt", out, n=4, psi=0.5, device="cpu", force=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["notes.txt"] + [f"seed{i:06d}.png" for i in range(4)]
+    assert {read_tags(out / f"seed{i:06d}.png")["psi"] for i in range(4)} == {"0.5"}
+    assert (out / "notes.txt").read_text() == "mine"

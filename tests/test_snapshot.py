@@ -154,3 +154,85 @@ def test_torch_file_that_runs_code_is_refused_without_running_it(tmp_path: Path)
     assert "system" in message and "\n" not in message
     # torch's own advice (retry with weights_only=False) would run the code: never echo it.
     assert "weights_only" not in message
+
+
+# ---------------------------------------------------------------------------------------
+# Structure and architecture, checked before anything is built
+
+
+def test_a_snapshot_that_contains_itself_or_nests_too_deep_is_one_line(tmp_path: Path) -> None:
+    from mad_cli.models.snapshot import MAX_DEPTH, check_structure
+
+    loop: list = []
+    loop.append(loop)
+    torch.save({"format": "mad.gaussian", "version": 1, "config": {"notes": loop}}, tmp_path / "loop.pt")
+    with pytest.raises(MadError, match=r"loop.pt: refusing to load: its data contains itself"):
+        load_snapshot(tmp_path / "loop.pt")
+    deep: dict = {}
+    cur = deep
+    for _ in range(MAX_DEPTH + 1):
+        cur["x"] = {}
+        cur = cur["x"]
+    with pytest.raises(MadError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        check_structure(deep, "deep.pt")
+    shared = {"a": 1}
+    check_structure({"x": shared, "y": [shared, (shared,)]}, "ok.pt")  # shared, not recursive: fine
+
+
+def _shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _networks() -> list:
+    from mad_cli.models.ddpm.configs import resolve_config
+    from mad_cli.models.ddpm.unet import UNet
+    from mad_cli.models.stylegan2.networks import Discriminator, Generator
+
+    g = dict(z_dim=32, w_dim=32, img_resolution=32, img_channels=3, mapping_kwargs={"num_layers": 3}, synthesis_kwargs={"channel_base": 512, "channel_max": 64, "num_fp16_res": 2})
+    nets = [
+        lambda: Generator(c_dim=0, **g),
+        lambda: Generator(c_dim=5, **g),
+        lambda: Discriminator(c_dim=0, img_resolution=32, img_channels=1, channel_base=512, channel_max=64),
+        lambda: Discriminator(c_dim=4, img_resolution=16, img_channels=3, channel_base=256, channel_max=32, architecture="resnet"),
+    ]
+    for preset, classes in (("tiny", 0), ("tiny", 10), ("small", 0)):
+        config = resolve_config(preset, resolution=32, channels=3, num_classes=classes)
+        nets.append(lambda c=config: UNet(**c["unet"]))
+    return nets
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_expected_shapes_match_the_real_network_without_allocating_it(index: int) -> None:
+    from mad_cli.models.snapshot import expected_shapes
+
+    build = _networks()[index]
+    torch.manual_seed(0)
+    real = _shapes(build())
+    assert expected_shapes(build, budget=10_000) == real
+    assert torch.randn(2).device.type == "cpu"  # the meta mode ends with the check
+
+
+def test_check_architecture_refuses_before_building(tmp_path: Path) -> None:
+    import time
+
+    from mad_cli.models.snapshot import check_architecture
+    from mad_cli.models.stylegan2.networks import Generator
+
+    build = _networks()[0]
+    state = build().state_dict()
+    check_architecture(build, state, where="ok.pt", what="G_ema", config="config.G_kwargs")
+    huge = dict(z_dim=512, c_dim=0, w_dim=512, img_resolution=1024, img_channels=3, mapping_kwargs={}, synthesis_kwargs={"channel_base": 2**24, "channel_max": 2**14})
+    t0 = time.perf_counter()
+    with pytest.raises(MadError, match=r"^x.pt: G_ema weights do not fit the architecture in config.G_kwargs \(missing"):
+        check_architecture(lambda: Generator(**huge), state, where="x.pt", what="G_ema", config="config.G_kwargs")
+    endless = dict(huge, synthesis_kwargs={}, mapping_kwargs={"num_layers": 10**7})
+    with pytest.raises(MadError, match=r"describes a far larger G_ema than the \d+ weight tensors"):
+        check_architecture(lambda: Generator(**endless), state, where="x.pt", what="G_ema", config="config.G_kwargs")
+    assert time.perf_counter() - t0 < 5  # a real build of the first would allocate ~150 GB
+    bad = {**state, next(iter(state)): torch.zeros(1)}
+    with pytest.raises(MadError, match=r"has shape \[1\], the architecture in config.G_kwargs wants"):
+        check_architecture(build, bad, where="x.pt", what="G_ema", config="config.G_kwargs")
+    with pytest.raises(MadError, match=r"cannot build the G_ema from config.G_kwargs \(.*unexpected keyword"):
+        check_architecture(lambda: Generator(colour="blue", **huge), state, where="x.pt", what="G_ema", config="config.G_kwargs")
+    with pytest.raises(MadError, match="holds no G_ema weights"):
+        check_architecture(build, {"a": 1}, where="x.pt", what="G_ema", config="config.G_kwargs")

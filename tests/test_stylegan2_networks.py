@@ -238,3 +238,40 @@ def test_fp16_blocks_on_cuda_give_finite_float32_images():
     assert ref.dtype == torch.float32
     logits = D(img)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_conditional_networks_use_nvidias_parameter_names_and_shapes():
+    """c_dim > 0: G embeds the label as `mapping.embed` and concatenates it with z; D maps it
+    with its own `mapping` network (no w_avg) to a cmap that `b4.out` projects onto, as in
+    NVIDIA's networks (stylegan2-ada-pytorch networks.py / stylegan3 networks_stylegan2.py)."""
+    z, w, c, res = 24, 16, 5, 16
+    G = Generator(z, c, w, res, 3, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=dict(channel_base=256, channel_max=16))
+    D = Discriminator(c, res, 3, channel_base=256, channel_max=16)
+    g = {k: tuple(v.shape) for k, v in G.state_dict().items() if k.startswith("mapping.")}
+    assert g == {
+        "mapping.embed.weight": (w, c), "mapping.embed.bias": (w,),  # embed_features defaults to w_dim
+        "mapping.fc0.weight": (w, z + w), "mapping.fc0.bias": (w,),
+        "mapping.fc1.weight": (w, w), "mapping.fc1.bias": (w,),
+        "mapping.w_avg": (w,),
+    }
+    cmap = 16  # cmap_dim defaults to the channel count at 4×4
+    d = {k: tuple(v.shape) for k, v in D.state_dict().items() if k.startswith("mapping.") or k.startswith("b4.out.")}
+    expected = {"mapping.embed.weight": (cmap, c), "mapping.embed.bias": (cmap,), "b4.out.weight": (cmap, 16), "b4.out.bias": (cmap,)}
+    expected.update({f"mapping.fc{i}.weight": (cmap, cmap) for i in range(8)})  # NVIDIA's default depth 8
+    expected.update({f"mapping.fc{i}.bias": (cmap,) for i in range(8)})
+    assert d == expected
+    # The unconditional networks have none of these, and a one-hot label steers both networks.
+    assert not any(k.startswith("mapping.embed") for k in Generator(z, 0, w, res, 3).state_dict())
+    assert not any(k.startswith("mapping.") for k in Discriminator(0, res, 3).state_dict())
+    torch.manual_seed(0)
+    G.eval()
+    zz = torch.randn(4, z).repeat(2, 1)
+    labels = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 4, 4, 4, 4]), c).float()
+    img = G(zz, labels)
+    assert img.shape == (8, 3, res, res) and (img[:4] - img[4:]).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+    logits = D(img, labels)
+    assert logits.shape == (8, 1) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match=r"c_dim=5\): c must be \[N, 5\]"):
+        G(zz, None)  # a conditional generator needs its label
+    with pytest.raises(ValueError, match="got \\[8, 4\\]"):
+        D(img, labels[:, :4])

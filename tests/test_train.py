@@ -44,6 +44,8 @@ def test_dry_run_prints_config_and_counts_without_writing(tmp_path, run_cli, mak
     assert cfg["G_kwargs"]["img_channels"] == 3 and cfg["G_kwargs"]["mapping_kwargs"]["num_layers"] == 2
     assert row["G_params"] == row["mapping_params"] + row["synthesis_params"] > 0
     assert row["D_params"] > 0
+    assert cfg["augment"] == {"aug": "noaug"}  # the CPU presets' default (configs._CPU_SPECS says why)
+    assert cfg["G_kwargs"]["c_dim"] == cfg["D_kwargs"]["c_dim"] == 0 and cfg["cond"] is False
     assert not out.exists()
 
 
@@ -70,6 +72,23 @@ def test_paper_presets_follow_nvidia(cfg, res, expect):
     assert c["G_kwargs"]["synthesis_kwargs"]["num_fp16_res"] == 4 and c["G_kwargs"]["synthesis_kwargs"]["conv_clamp"] == 256
     assert (c["G_reg_interval"], c["D_reg_interval"]) == (4, 16)
     assert c["loss_kwargs"]["style_mixing_prob"] == 0.9 and c["loss_kwargs"]["pl_weight"] == 2
+    # NVIDIA's defaults: --aug ada --augpipe bgc --target 0.6, p able to go 0 -> 1 in 500 kimg, adjusted every 4 minibatches.
+    assert c["augment"] == {"aug": "ada", "augpipe": "bgc", "p": 0.0, "target": 0.6, "ada_kimg": 500.0, "ada_interval": 4}
+
+
+def test_cpu_presets_as_tuned_and_measured():
+    """The values benchmarks/stylegan2_cpu_curve.py measured (see configs._CPU_SPECS): R1 γ
+    fixed instead of NVIDIA's resolution heuristic (0.0032 at 16²), lr 0.005, one thread."""
+    from mad_cli.models.stylegan2.configs import resolve_config
+
+    tiny = resolve_config("tiny", resolution=16, channels=1)
+    assert tiny["loss_kwargs"]["r1_gamma"] == 0.5 and tiny["G_opt_kwargs"]["lr"] == tiny["D_opt_kwargs"]["lr"] == 0.005
+    assert tiny["batch"] == 16 and tiny["total_kimg"] == 40 and tiny["cpu_threads"] == 1
+    assert tiny["G_kwargs"]["synthesis_kwargs"]["num_fp16_res"] == 0
+    assert resolve_config("tiny", resolution=16, channels=1, gamma=2)["loss_kwargs"]["r1_gamma"] == 2
+    small = resolve_config("small", resolution=32, channels=3)
+    assert small["cpu_threads"] == 1 and small["loss_kwargs"]["r1_gamma"] > 0
+    assert resolve_config("auto", resolution=256, channels=3)["cpu_threads"] is None
 
 
 def test_auto_preset_scales_with_gpus():
@@ -150,6 +169,9 @@ def test_continued_run_warns_only_about_flags_that_differ(tmp_path, run_cli, one
     assert same.exit_code == 0 and "ignored" not in same.stderr
     other = run_cli(*args, "--kimg", "0.024", "--gamma", "3")
     assert other.exit_code == 0 and "--gamma ignored" in other.stderr and "--cfg" not in other.stderr
+    aug = run_cli(*args, "--kimg", "0.032", "--aug", "fixed", "--p", "0.5")
+    assert aug.exit_code == 0 and "--aug, --p ignored" in aug.stderr
+    assert torch.load(out / "latest.pt", weights_only=True)["config"]["augment"]["aug"] == "noaug"
 
 
 @pytest.mark.parametrize(
@@ -197,10 +219,23 @@ def test_bad_flags_exit_1(tmp_path, run_cli, make_images):
         (["--kimg", "0"], "--kimg"),
         (["--gamma", "-1"], "--gamma"),
         (["--resume", str(tmp_path / "missing.pt")], "--resume"),
+        (["--augpipe", "bgcx"], "--augpipe bgcx"),
+        (["--aug", "fixed", "--p", "1.5"], "--p 1.5"),
+        (["--aug", "fixed", "--p", "-0.1"], "--p -0.1"),
+        (["--aug", "fixed"], "--aug fixed: needs --p"),
+        (["--aug", "ada", "--p", "0.3"], "--p: applies to --aug fixed only"),
+        (["--p", "0.3"], "--p: the tiny preset trains without augmentation by default; add --aug"),
+        (["--cfg", "auto", "--p", "0.3"], "--p: applies to --aug fixed only"),  # NVIDIA's: ada
+        (["--aug", "noaug", "--target", "0.5"], "--target"),
+        (["--target", "2"], "--target 2"),
+        (["--aug", "sometimes"], "--aug sometimes"),
+        (["--ada-kimg", "0"], "--ada-kimg"),
+        (["--aug", "fixed", "--p", "0.2", "--ada-kimg", "5"], "--ada-kimg: applies to --aug ada only"),
     ]:
         res = run_cli(*base, *extra)
         assert res.exit_code == 1, (extra, res.stderr)
         assert needle in _error_line(res)
+        assert not (tmp_path / "run").exists()
 
 
 def test_resume_from_a_gaussian_snapshot_is_refused(tmp_path, run_cli, make_images):

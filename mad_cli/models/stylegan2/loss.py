@@ -10,6 +10,14 @@ One deliberate extension: the path-length mean `pl_mean` can be shared between
 data-parallel processes (`gather`), updated in the same order a single process would
 update it round by round. That keeps multi-process training numerically equal to
 single-process training of the same global batch, which the tests check.
+
+ADA (`augment.py`): D only ever sees augmented images — fakes in Gmain and Dmain, reals in
+Dmain and Dreg — so `run_D` applies the pipe. R1 differentiates D(aug(x)) with respect to
+the un-augmented x (the reals are marked before the pipe), as NVIDIA's loss does. The
+signs of D's real logits (Dmain and Dreg) feed the controller's overfitting statistic r_t.
+
+Conditional models take one-hot labels `c`: the reals' own labels for D, and for fakes the
+labels the training loop drew (NVIDIA: labels of random training images).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mad_cli.models.stylegan2.augment import AdaController, AugmentPipe
 from mad_cli.models.stylegan2.networks import Discriminator, Generator
 
 PHASES = ("Gmain", "Greg", "Dmain", "Dreg")
@@ -45,8 +54,12 @@ class StyleGAN2Loss:
         pl_batch_shrink: int = 2,
         pl_decay: float = 0.01,
         gather: Gather | None = None,
+        augment_pipe: AugmentPipe | None = None,
+        ada: AdaController | None = None,
     ):
         self.G, self.D = G, D
+        self.augment_pipe = augment_pipe
+        self.ada = ada
         self.r1_gamma = r1_gamma
         self.style_mixing_prob = style_mixing_prob
         self.pl_weight = pl_weight
@@ -56,35 +69,43 @@ class StyleGAN2Loss:
         device = next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
 
-    def run_G(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def run_G(self, z: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Generate with random noise and, with probability `style_mixing_prob`, two latents.
 
         Style mixing (switching to a second w at a random layer) keeps the layers' styles
         independent of each other.
         """
-        ws = self.G.mapping(z, None)
+        ws = self.G.mapping(z, c)
         if self.style_mixing_prob > 0:
             cutoff = int(torch.randint(1, ws.shape[1], []).item())
             if float(torch.rand([]).item()) >= self.style_mixing_prob:
                 cutoff = ws.shape[1]
             if cutoff < ws.shape[1]:
-                ws2 = self.G.mapping(torch.randn_like(z), None, skip_w_avg_update=True)
+                ws2 = self.G.mapping(torch.randn_like(z), c, skip_w_avg_update=True)
                 ws = torch.cat([ws[:, :cutoff], ws2[:, cutoff:]], dim=1)
         img = self.G.synthesis(ws, noise_mode="random")
         return img, ws
 
-    def run_D(self, img: torch.Tensor) -> torch.Tensor:
-        return self.D(img, None)
+    def run_D(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.augment_pipe is not None:
+            img = self.augment_pipe(img)
+        return self.D(img, c)
 
-    def accumulate_gradients(self, phase: str, real_img: torch.Tensor, gen_z: torch.Tensor, gain: float) -> dict[str, float]:
-        """Backpropagate `gain` × this phase's loss for one chunk; returns detached statistics."""
+    def accumulate_gradients(
+        self, phase: str, real_img: torch.Tensor, gen_z: torch.Tensor, gain: float,
+        *, real_c: torch.Tensor | None = None, gen_c: torch.Tensor | None = None,
+    ) -> dict[str, float]:
+        """Backpropagate `gain` × this phase's loss for one chunk; returns detached statistics.
+
+        `real_c`/`gen_c`: one-hot labels of the reals and for the fakes (conditional models).
+        """
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}")
         stats: dict[str, float] = {}
 
         if phase == "Gmain":
-            gen_img, _ = self.run_G(gen_z)
-            gen_logits = self.run_D(gen_img)
+            gen_img, _ = self.run_G(gen_z, gen_c)
+            gen_logits = self.run_D(gen_img, gen_c)
             loss = F.softplus(-gen_logits)  # -log(sigmoid(D(G(z))))
             loss.mean().mul(gain).backward()
             stats["loss_G"] = float(loss.detach().mean())
@@ -94,7 +115,7 @@ class StyleGAN2Loss:
             if self.pl_weight == 0:
                 return stats
             n = max(1, gen_z.shape[0] // self.pl_batch_shrink)
-            gen_img, gen_ws = self.run_G(gen_z[:n])
+            gen_img, gen_ws = self.run_G(gen_z[:n], None if gen_c is None else gen_c[:n])
             # Random image-space direction, scaled so that the expected length does not depend on resolution.
             pl_noise = torch.randn_like(gen_img) / np.sqrt(gen_img.shape[2] * gen_img.shape[3])
             (pl_grads,) = torch.autograd.grad(outputs=[(gen_img * pl_noise).sum()], inputs=[gen_ws], create_graph=True)
@@ -115,11 +136,13 @@ class StyleGAN2Loss:
             stats["pl_length"] = float(pl_lengths.detach().mean())
 
         elif phase == "Dmain":
-            gen_img, _ = self.run_G(gen_z)
-            gen_logits = self.run_D(gen_img.detach())
+            gen_img, _ = self.run_G(gen_z, gen_c)
+            gen_logits = self.run_D(gen_img.detach(), gen_c)
             loss_fake = F.softplus(gen_logits)  # -log(1 - sigmoid(D(G(z))))
             loss_fake.mean().mul(gain).backward()
-            real_logits = self.run_D(real_img.detach())
+            real_logits = self.run_D(real_img.detach(), real_c)
+            if self.ada is not None:
+                self.ada.accumulate(real_logits)
             loss_real = F.softplus(-real_logits)  # -log(sigmoid(D(x)))
             loss_real.mean().mul(gain).backward()
             stats["loss_D"] = float((loss_fake + loss_real).detach().mean())
@@ -129,8 +152,10 @@ class StyleGAN2Loss:
         else:  # Dreg
             if self.r1_gamma == 0:
                 return stats
-            real = real_img.detach().requires_grad_(True)
-            real_logits = self.run_D(real)
+            real = real_img.detach().requires_grad_(True)  # before the pipe: R1 differentiates through it
+            real_logits = self.run_D(real, real_c)
+            if self.ada is not None:
+                self.ada.accumulate(real_logits)
             (r1_grads,) = torch.autograd.grad(outputs=[real_logits.sum()], inputs=[real], create_graph=True)
             r1_penalty = r1_grads.square().sum([1, 2, 3])
             loss = r1_penalty * (self.r1_gamma / 2)

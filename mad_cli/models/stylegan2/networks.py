@@ -223,6 +223,9 @@ class MappingNetwork(torch.nn.Module):
         if self.z_dim > 0:
             x = normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim > 0:
+            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
+                got = None if c is None else list(c.shape)
+                raise ValueError(f"conditional network (c_dim={self.c_dim}): c must be [N, {self.c_dim}] (one-hot labels), got {got}")
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1) if x is not None else y
         for idx in range(self.num_layers):

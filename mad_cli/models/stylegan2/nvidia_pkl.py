@@ -20,11 +20,38 @@ From the kept metadata we read `_init_kwargs` (→ ``G_kwargs``) and walk the
 NVIDIA's parameter names, so the weights map one to one; only constructor kwargs that
 merely pick a kernel variant (``fused_modconv_default`` of stylegan3's StyleGAN2 config)
 are dropped. Buffers NVIDIA marks non-persistent are left out, as state_dict() would.
+
+Two code bases write StyleGAN2 pickles, and their constructor arguments differ:
+
+* stylegan2-ada-pytorch: ``Generator(z_dim, c_dim, w_dim, img_resolution, img_channels,
+  mapping_kwargs, synthesis_kwargs)``, defaults num_fp16_res=0, conv_clamp=None,
+  w_avg_beta=0.995 (our networks' defaults); its train.py passes num_fp16_res=4 and
+  conv_clamp=256 explicitly, so they are in the pickle.
+* stylegan3 (`training/networks_stylegan2.py`, ``train.py --cfg stylegan2``): the synthesis
+  settings are flat ``**synthesis_kwargs`` of the Generator (channel_base, channel_max,
+  fused_modconv_default, …), and the defaults that matter are different and *not* in the
+  pickle unless ``--fp32`` overrode them: SynthesisNetwork num_fp16_res=4, SynthesisBlock
+  conv_clamp=256, MappingNetwork w_avg_beta=0.998, Discriminator num_fp16_res=4 and
+  conv_clamp=256. conv_clamp changes images even in float32 (activations are clamped to
+  ±256); ignoring these defaults put images up to 94 grey levels off (issue 10).
+
+We fold flat kwargs into ``synthesis_kwargs``, fill in the code base's defaults (a Generator
+without nested ``synthesis_kwargs`` is stylegan3's), and then check them against what the
+modules themselves recorded — every layer keeps its ``conv_clamp``, every block its
+``use_fp16``, the mapping network its ``w_avg_beta`` — so the settings the network actually
+ran with win. StyleGAN3 (alias-free, ``--cfg stylegan3-t/-r``) generators are refused.
+
+Conditional networks (c_dim > 0) need nothing special: the label embedding is
+``mapping.embed`` in G and D's label mapping is ``mapping.*`` with the cmap projection in
+``b4.out``, in both code bases and ours. The augment pipe's state (``p`` and its filters)
+is kept as ``snap["augment_pipe"]`` with its constructor kwargs in
+``config["augment_kwargs"]``, so a run resumed from the pickle can continue with its p.
 """
 
 from __future__ import annotations
 
 import collections
+import inspect
 import io
 import pickle
 import warnings
@@ -36,12 +63,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from mad_cli.errors import MadError
+from mad_cli.errors import MadError, _one_line, refused_objects
 
 #: kwargs of NVIDIA's networks that only pick a kernel variant or a training trick, never change weights.
 _DROPPED_KWARGS = frozenset({"fused_modconv_default"})
 
-_POSITIONAL_G_ARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
+_POSITIONAL_ARGS = {
+    "Generator": ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs"),
+    "Discriminator": ("c_dim", "img_resolution", "img_channels"),
+}
+#: Generator kwargs that are not synthesis settings (stylegan3 passes all others flat).
+_G_OWN_KWARGS = frozenset(_POSITIONAL_ARGS["Generator"])
+#: stylegan3's networks_stylegan2.py defaults that differ from stylegan2-ada-pytorch's (ours).
+_SG3_SYNTHESIS_DEFAULTS = {"num_fp16_res": 4, "conv_clamp": 256}
+_SG3_MAPPING_DEFAULTS = {"w_avg_beta": 0.998}
+_SG3_D_DEFAULTS = {"num_fp16_res": 4, "conv_clamp": 256}
+#: Generator kwargs of stylegan3's alias-free networks (networks_stylegan3.py), never of StyleGAN2's.
+_SG3_ALIAS_FREE_KWARGS = frozenset({
+    "magnitude_ema_beta", "conv_kernel", "use_radial_filters", "num_critical", "first_cutoff", "first_stopband",
+    "last_stopband_rel", "margin_size", "output_scale", "lrelu_upsampling", "filter_size",
+})
+_MISSING = object()
+_ONLY_STYLEGAN2 = (
+    "a StyleGAN3 (alias-free, --cfg stylegan3-t/-r) network; only StyleGAN2 configs are supported "
+    "(stylegan2-ada-pytorch pickles, or stylegan3's --cfg stylegan2)"
+)
 
 
 class _Refused(Exception):
@@ -104,7 +150,7 @@ def _load_storage_from_bytes(data: bytes) -> Any:
         try:
             return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise _Refused(f"a storage record that holds more than tensor data ({str(exc).splitlines()[0][:120]})") from None
+            raise _Refused(f"a storage record where {refused_objects(exc)}") from None
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None) -> torch.Tensor:
@@ -275,9 +321,10 @@ def _unpickle(path: Path) -> Any:
         raise MadError(f"{path}: the pickle tries to import {what}; refusing to load (nothing in it was run)") from None
     except _Refused as exc:
         raise MadError(f"{path}: the pickle holds {exc}, which network weights never need; refusing to load (nothing in it was run)") from None
+    except RecursionError:
+        raise MadError(f"{path}: refusing to load: its data is nested too deeply (a malformed or hostile pickle?)") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, RuntimeError) as exc:
-        msg = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise MadError(f"{path}: corrupted or truncated network pickle ({msg})") from None
+        raise MadError(f"{path}: corrupted or truncated network pickle ({_one_line(str(exc), limit=160) or type(exc).__name__})") from None
     except OSError as exc:
         raise MadError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -321,17 +368,120 @@ def _state_dict(obj: PersistentObject | _TorchModuleStub, prefix: str = "") -> d
 
 
 def _init_kwargs(obj: PersistentObject) -> dict[str, Any]:
-    """The constructor arguments NVIDIA's persistence records (positional ones named for Generator)."""
+    """The constructor arguments NVIDIA's persistence records (positional ones named)."""
     kwargs = _plain(obj.state.get("_init_kwargs") or {})
     args = _plain(obj.state.get("_init_args") or [])
-    if args and obj.class_name == "Generator":
-        kwargs = {**dict(zip(_POSITIONAL_G_ARGS, args)), **kwargs}
+    names = _POSITIONAL_ARGS.get(obj.class_name)
+    if args and names and len(args) <= len(names):
+        kwargs = {**dict(zip(names, args)), **kwargs}
     elif args:
         kwargs["_init_args"] = args
     for key in _DROPPED_KWARGS:
         kwargs.pop(key, None)
         if isinstance(kwargs.get("synthesis_kwargs"), dict):
             kwargs["synthesis_kwargs"].pop(key, None)
+    return kwargs
+
+
+def _child(obj: Any, *names: str) -> Any:
+    """obj._modules[names[0]]._modules[names[1]]..., or None where the path does not exist."""
+    for name in names:
+        if not isinstance(obj, (PersistentObject, _TorchModuleStub)):
+            return None
+        obj = (obj.state.get("_modules") or {}).get(name)
+    return obj
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """A plain attribute a module recorded (conv_clamp, use_fp16, w_avg_beta, ...), or _MISSING."""
+    if not isinstance(obj, (PersistentObject, _TorchModuleStub)) or name not in obj.state:
+        return _MISSING
+    try:
+        return _plain(obj.state[name])
+    except TypeError:
+        return _MISSING
+
+
+def _fp16_blocks(block_resolutions: list[int], img_resolution: int, num_fp16_res: int) -> set[int]:
+    """Which blocks run in float16 for a given num_fp16_res (NVIDIA's rule, as in networks.py)."""
+    fp16_resolution = max(2 ** (int(np.log2(img_resolution)) + 1 - int(num_fp16_res)), 8)
+    return {r for r in block_resolutions if r >= fp16_resolution}
+
+
+def _settle_from_modules(kwargs: dict[str, Any], blocks: dict[int, Any], img_resolution: Any, clamp_layer: Any,
+                         ours: dict[str, Any]) -> None:
+    """Make `kwargs` (num_fp16_res, conv_clamp) agree with what the modules recorded.
+
+    `ours` holds our networks' defaults for keys absent from kwargs. The modules are the
+    ground truth: their forward reads exactly these attributes.
+    """
+    clamp = _attr(clamp_layer, "conv_clamp")
+    if clamp is not _MISSING and clamp != kwargs.get("conv_clamp", ours["conv_clamp"]):
+        kwargs["conv_clamp"] = clamp
+    flags = {res: _attr(block, "use_fp16") for res, block in blocks.items()}
+    if flags and all(isinstance(v, bool) for v in flags.values()) and isinstance(img_resolution, int):
+        flagged = {res for res, on in flags.items() if on}
+        n = kwargs.get("num_fp16_res", ours["num_fp16_res"])
+        if not isinstance(n, int) or _fp16_blocks(list(flags), img_resolution, n) != flagged:
+            kwargs["num_fp16_res"] = len(flagged)
+
+
+def _our_default(cls: Any, name: str) -> Any:
+    return inspect.signature(cls).parameters[name].default
+
+
+def _refuse_alias_free(g_ema: PersistentObject, path: Path) -> None:
+    """stylegan3's -t/-r generators (networks_stylegan3.py) are a different architecture."""
+    try:
+        kwargs = _plain(g_ema.state.get("_init_kwargs") or {})
+    except TypeError:
+        kwargs = {}
+    synthesis = _child(g_ema, "synthesis")
+    children = (synthesis.state.get("_modules") or {}) if isinstance(synthesis, PersistentObject) else {}
+    if _SG3_ALIAS_FREE_KWARGS & set(kwargs) or "b4" not in children:
+        raise MadError(f"{path}: {_ONLY_STYLEGAN2}")
+
+
+def _generator_kwargs(obj: PersistentObject, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Generator kwargs in our (stylegan2-ada-pytorch) layout with every default that matters explicit."""
+    from mad_cli.models.stylegan2.networks import MappingNetwork, SynthesisBlock, SynthesisNetwork
+
+    synthesis = _child(obj, "synthesis")
+    stylegan3 = "synthesis_kwargs" not in kwargs
+    synth = dict(kwargs.get("synthesis_kwargs") or {})
+    flat = {k: v for k, v in kwargs.items() if k not in _G_OWN_KWARGS}
+    synth.update(flat)
+    mapping = dict(kwargs.get("mapping_kwargs") or {})
+    if stylegan3:
+        for key, value in _SG3_SYNTHESIS_DEFAULTS.items():
+            synth.setdefault(key, value)
+        for key, value in _SG3_MAPPING_DEFAULTS.items():
+            mapping.setdefault(key, value)
+    ours = {"conv_clamp": _our_default(SynthesisBlock, "conv_clamp"), "num_fp16_res": _our_default(SynthesisNetwork, "num_fp16_res")}
+    blocks = {int(name[1:]): child for name, child in (synthesis.state.get("_modules") or {}).items() if name[:1] == "b" and name[1:].isdigit()}
+    _settle_from_modules(synth, blocks, kwargs.get("img_resolution"), _child(synthesis, "b4", "conv1"), ours)
+    beta = _attr(_child(obj, "mapping"), "w_avg_beta")
+    if beta is not _MISSING and beta != mapping.get("w_avg_beta", _our_default(MappingNetwork, "w_avg_beta")):
+        mapping["w_avg_beta"] = beta
+    out = {k: v for k, v in kwargs.items() if k in _G_OWN_KWARGS}
+    out["mapping_kwargs"] = mapping
+    out["synthesis_kwargs"] = synth
+    return out
+
+
+def _discriminator_kwargs(obj: PersistentObject, kwargs: dict[str, Any], stylegan3: bool) -> dict[str, Any]:
+    """Discriminator kwargs with stylegan3's defaults made explicit where its code base wrote the pickle."""
+    from mad_cli.models.stylegan2.networks import Discriminator
+
+    kwargs = dict(kwargs)
+    if stylegan3:
+        for key, value in _SG3_D_DEFAULTS.items():
+            kwargs.setdefault(key, value)
+    ours = {"conv_clamp": _our_default(Discriminator, "conv_clamp"), "num_fp16_res": _our_default(Discriminator, "num_fp16_res")}
+    blocks = {int(name[1:]): child for name, child in (obj.state.get("_modules") or {}).items()
+              if name[:1] == "b" and name[1:].isdigit() and int(name[1:]) > 4}
+    first = max(blocks) if blocks else None
+    _settle_from_modules(kwargs, blocks, kwargs.get("img_resolution"), _child(obj, f"b{first}", "conv0") if first else None, ours)
     return kwargs
 
 
@@ -348,37 +498,54 @@ def _network(data: dict[str, Any], key: str, path: Path) -> tuple[dict[str, Any]
 
 
 def load_nvidia_pkl(path: str | Path) -> dict[str, Any]:
-    """An NVIDIA network pickle as a ``mad.stylegan2`` snapshot dict (G_ema, plus G and D when present).
+    """An NVIDIA network pickle as a ``mad.stylegan2`` snapshot dict (G_ema, plus G, D and the augment pipe when present).
 
     Only StyleGAN2-architecture generators are accepted (stylegan2-ada-pytorch, or stylegan3's
     `--cfg stylegan2`); StyleGAN3 (alias-free) generators are refused with a clear message.
+    The kwargs in ``config`` build our networks as the pickle's code base built them; they
+    are checked against the weights before any network is built (`sampler.check_networks`).
+    A pickle whose objects contain themselves is one error line, not a RecursionError.
     """
-    p = Path(path)
+    try:
+        return _load_nvidia_pkl(Path(path))
+    except RecursionError:
+        raise MadError(f"{path}: refusing to load: its objects contain themselves or nest too deeply (a malformed or hostile pickle?)") from None
+
+
+def _load_nvidia_pkl(p: Path) -> dict[str, Any]:
     data = _unpickle(p)
     if not isinstance(data, dict) or "G_ema" not in data:
         raise MadError(f"{p}: not an NVIDIA network pickle (expected a dict with 'G_ema')")
     g_ema = data["G_ema"]
     if not isinstance(g_ema, PersistentObject) or g_ema.class_name != "Generator":
         raise MadError(f"{p}: 'G_ema' is not an NVIDIA Generator; refusing to load")
-    synthesis = (g_ema.state.get("_modules") or {}).get("synthesis")
-    synth_children = (synthesis.state.get("_modules") or {}) if isinstance(synthesis, PersistentObject) else {}
-    if "b4" not in synth_children:
-        raise MadError(f"{p}: not a StyleGAN2-architecture generator (StyleGAN3 alias-free networks are not supported)")
 
-    G_kwargs, G_ema_state = _network(data, "G_ema", p)  # type: ignore[misc]
+    _refuse_alias_free(g_ema, p)
+    raw_kwargs, G_ema_state = _network(data, "G_ema", p)  # type: ignore[misc]
+    stylegan3 = "synthesis_kwargs" not in raw_kwargs
+    G_kwargs = _generator_kwargs(g_ema, raw_kwargs)
     snap: dict[str, Any] = {
         "format": "mad.stylegan2",
         "version": 1,
-        "config": {"G_kwargs": G_kwargs, "source": "nvidia-pkl", "source_file": p.name},
+        "config": {"G_kwargs": G_kwargs, "source": "nvidia-pkl", "source_file": p.name,
+                   "source_code_base": "stylegan3" if stylegan3 else "stylegan2-ada-pytorch"},
         "G_ema": G_ema_state,
         "progress": {},
     }
-    for key, (kw_name, state_name) in {"G": ("G_kwargs", "G"), "D": ("D_kwargs", "D")}.items():
-        net = _network(data, key, p)
-        if net is not None:
-            if kw_name != "G_kwargs":
-                snap["config"][kw_name] = net[0]
-            snap[state_name] = net[1]
+    net = _network(data, "G", p)
+    if net is not None:
+        snap["G"] = net[1]
+    net = _network(data, "D", p)
+    if net is not None:
+        snap["config"]["D_kwargs"] = _discriminator_kwargs(data["D"], net[0], stylegan3)
+        snap["D"] = net[1]
+    pipe = data.get("augment_pipe")
+    if isinstance(pipe, PersistentObject) and pipe.class_name == "AugmentPipe":
+        try:
+            snap["augment_pipe"] = _state_dict(pipe)
+            snap["config"]["augment_kwargs"] = _init_kwargs(pipe)
+        except TypeError as exc:
+            raise MadError(f"{p}: 'augment_pipe' has an unexpected layout ({exc})") from None
     tsk = data.get("training_set_kwargs")
     if isinstance(tsk, dict):
         try:

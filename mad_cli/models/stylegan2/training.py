@@ -1,287 +1,70 @@
-"""StyleGAN2 training loop: data, phases, EMA, snapshots, resume and data parallelism.
+"""StyleGAN2 training loop: phases, EMA, snapshots, resume and data parallelism.
 
 The loop follows NVIDIA's stylegan2-ada-pytorch `training_loop.py` (phases Gmain/Greg/
 Dmain/Dreg, lazy regularisation with the Adam lr and betas adjusted by c = k/(k+1),
-G_ema with half-life `ema_kimg` and ramp-up, NaN-safe gradients) with two choices of our own:
+G_ema with half-life `ema_kimg` and ramp-up, NaN-safe gradients) with one choice of our
+own: **randomness is a pure function of (seed, step, phase, round).** Before each chunk of
+work the RNG is re-seeded from those numbers, and the data order is a per-epoch
+permutation seeded by (seed, epoch) (`models.data.DataOrder`). A run resumed from a
+snapshot therefore continues bit for bit like a run that was never stopped, and N
+processes computing rounds 0..N-1 of a global batch do exactly what one process
+computing them in turn does.
 
-* **Randomness is a pure function of (seed, step, phase, round).** Before each chunk of
-  work the RNG is re-seeded from those numbers, and the data order is a per-epoch
-  permutation seeded by (seed, epoch). A run resumed from a snapshot therefore continues
-  bit for bit like a run that was never stopped, and N processes computing rounds
-  0..N-1 of a global batch do exactly what one process computing them in turn does.
-* **Gradients are all-reduced by hand** (as NVIDIA's StyleGAN3 does) rather than with
-  DistributedDataParallel: the R1 and path-length terms need double backward, which DDP's
-  hooks do not support well, and a plain all-reduce of one flat tensor is simple.
+ADA (`augment.py`) plugs in as NVIDIA's does: the loss runs every image D sees through
+the augment pipe, the controller collects the signs of D's real logits and adjusts p after
+every minibatch (its statistics summed over processes first, so every rank keeps the same
+p), and the pipe and controller states go into every snapshot (`augment_pipe`, `ada`), so
+`--resume latest` continues with the same p, bit for bit.
 
-Only rank 0 writes files. Every file is written atomically, and `latest.pt` always points
-at a complete snapshot, so killing the process at any moment loses at most the work since
-the last snapshot.
+Conditional models (`--cond`) train on the folder's labels (`models.labels`): reals carry
+their own one-hot label, and fakes get the labels of random training images (NVIDIA's
+choice: the fakes' class frequencies follow the data's), drawn from the same per-round
+seed as z.
+
+The machinery every backend shares lives elsewhere: the data and its labels
+(`models.data`), the run folder and resume rules (`models.runfolder`), the torchrun
+group (`models.dist`) and the RNG capture (`models.rngstate`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
-import math
+import dataclasses
 import os
-import random
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from mad_cli.devices import resolve_device
 from mad_cli.errors import MadError
-from mad_cli.imagedir import atomic_write_text, place_file, prepare_output_dir, read_image, require_images, write_png
+from mad_cli.imagedir import image_grid, to_uint8
+from mad_cli.models import RunRequest, rngstate
+from mad_cli.models.data import (
+    DataOrder,
+    FolderInfo,
+    ImageData,
+    check_labels_fit,
+    scan_folder,
+    to_float,
+)
+from mad_cli.models.dist import Dist, init_dist
+from mad_cli.models.runfolder import RunFolder, fakes_name
+from mad_cli.models.snapshot import cpu_tree, load_snapshot
+from mad_cli.models.stylegan2.augment import build_augment
 from mad_cli.models.stylegan2.configs import resolve_config
 from mad_cli.models.stylegan2.loss import StyleGAN2Loss
 from mad_cli.models.stylegan2.networks import Discriminator, Generator, count_parameters
-
-MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
-#: Folders whose decoded pixels fit in this many bytes are held in memory; larger ones stream.
-CACHE_BYTES = 1 << 30
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_RESIZE_HINT = "resize the folder first, e.g. `mad dataset digits --resolution 32` for the bundled digits"
-
-
-# ---------------------------------------------------------------------------------------
-# Data
-
-
-@dataclass
-class FolderInfo:
-    """What training needs to know about an image folder before reading any pixels."""
-
-    folder: Path
-    paths: list[Path]
-    resolution: int
-    channels: int
-
-
-def scan_folder(folder: str | os.PathLike[str]) -> FolderInfo:
-    """Check that every image is square, power-of-two, 8²..1024² and the same size (headers only).
-
-    The first offending file is named in the error, so the user knows what to fix.
-    """
-    paths = require_images(folder)
-    first_size: tuple[int, int] | None = None
-    grey = True
-    for p in paths:
-        try:
-            with Image.open(p) as img:
-                size, mode = img.size, img.mode
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise MadError(f"{p}: cannot decode image ({exc})") from None
-        w, h = size
-        if first_size is None:
-            if w != h:
-                raise MadError(f"{p}: image is {w}×{h}, not square; StyleGAN2 needs square power-of-two images ({_RESIZE_HINT})")
-            if w & (w - 1) or not MIN_RESOLUTION <= w <= MAX_RESOLUTION:
-                raise MadError(
-                    f"{p}: image is {w}×{h}; StyleGAN2 needs a power-of-two size from {MIN_RESOLUTION} to {MAX_RESOLUTION} ({_RESIZE_HINT})"
-                )
-            first_size = size
-        elif size != first_size:
-            raise MadError(f"{p}: image is {w}×{h} but {paths[0].name} is {first_size[0]}×{first_size[1]}; all images must have one size ({_RESIZE_HINT})")
-        grey = grey and mode in _GREY_MODES
-    assert first_size is not None
-    return FolderInfo(Path(folder), paths, first_size[0], 1 if grey else 3)
-
-
-class ImageData:
-    """Random access to the folder's images as uint8 N×C×H×W; small folders are cached in memory."""
-
-    def __init__(self, info: FolderInfo, cache_bytes: int = CACHE_BYTES, workers: int = 4):
-        self.info = info
-        self.paths = info.paths
-        self.channels = info.channels
-        nbytes = len(self.paths) * info.channels * info.resolution**2
-        self._cache: torch.Tensor | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        if nbytes <= cache_bytes:
-            self._cache = torch.from_numpy(np.stack([self._load(i) for i in range(len(self.paths))]))
-        else:
-            self._pool = ThreadPoolExecutor(max_workers=workers)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _load(self, i: int) -> np.ndarray:
-        arr = read_image(self.paths[i], channels=self.channels)
-        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-    def get(self, indices: np.ndarray) -> torch.Tensor:
-        if self._cache is not None:
-            return self._cache[torch.from_numpy(np.asarray(indices, dtype=np.int64))]
-        assert self._pool is not None
-        return torch.from_numpy(np.stack(list(self._pool.map(self._load, [int(i) for i in indices]))))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class DataOrder:
-    """Which image (and whether mirrored) is the k-th sample of the run, for any k.
-
-    A pure function of (seed, epoch): no state to save, so resuming and data parallelism
-    see exactly the order an uninterrupted single process would.
-    """
-
-    def __init__(self, n: int, seed: int, mirror: bool):
-        self.n, self.seed, self.mirror = n, seed, mirror
-        self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-        if e not in self._epochs:
-            rng = np.random.default_rng([self.seed, e, 0x5EED])
-            perm = rng.permutation(self.n)
-            flips = rng.random(self.n) < 0.5 if self.mirror else np.zeros(self.n, dtype=bool)
-            if len(self._epochs) > 4:
-                self._epochs.pop(min(self._epochs))
-            self._epochs[e] = (perm, flips)
-        return self._epochs[e]
-
-    def samples(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.empty(count, dtype=np.int64)
-        flip = np.empty(count, dtype=bool)
-        for j, k in enumerate(range(start, start + count)):
-            perm, flips = self._epoch(k // self.n)
-            idx[j], flip[j] = perm[k % self.n], flips[k % self.n]
-        return idx, flip
-
-
-def _to_float(img: torch.Tensor, flips: np.ndarray, device: torch.device) -> torch.Tensor:
-    x = img.to(device=device, dtype=torch.float32) / 127.5 - 1
-    if flips.any():
-        f = torch.from_numpy(flips).to(device)
-        x = torch.where(f[:, None, None, None], x.flip(3), x)
-    return x
-
-
-# ---------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class Dist:
-    """This process's place in a (possibly single-process) data-parallel run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def init_dist(device_spec: str) -> Dist:
-    """Join the torchrun process group if there is one (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_spec)
-    if world <= 1:
-        return Dist(0, 1, device)
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise MadError(f"LOCAL_RANK {local_rank}: only {torch.cuda.device_count()} GPU(s) visible")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return Dist(rank, world, device)
-
-
-def _agree(dist: Dist, ok: bool, message: str) -> None:
-    """All processes learn whether every one of them got through a step (so none hangs waiting)."""
-    if not dist.active:
-        return
-    flag = torch.tensor([0.0 if ok else 1.0], device=dist.device)
-    torch.distributed.all_reduce(flag)
-    if flag.item() > 0 and ok:
-        raise MadError(message)
-
-
-def _gather_fn(dist: Dist) -> Callable[[torch.Tensor], tuple[list[torch.Tensor], int]]:
-    def gather(value: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-        if not dist.active:
-            return [value], 0
-        out = [torch.zeros_like(value) for _ in range(dist.world)]
-        torch.distributed.all_gather(out, value.contiguous())
-        return out, dist.rank
-
-    return gather
-
+from mad_cli.models.stylegan2.options import StyleGAN2TrainOptions
+from mad_cli.models.stylegan2.sampler import check_networks
 
 # ---------------------------------------------------------------------------------------
 # Snapshots and images
-
-
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-def _cpu_tree(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _cpu_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cpu_tree(v) for v in value)
-    return value
-
-
-def _rng_state() -> dict[str, Any]:
-    """Global RNG states (the loop re-seeds per chunk anyway; kept so that nothing is lost)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].to(torch.uint8))
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in state["cuda"][: torch.cuda.device_count()]])
-    npst = state["numpy"]
-    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def snapshot_name(cur_nimg: int) -> str:
-    """snapshot-{kimg:06d}.pt; runs with fractional --snap-every get the remaining images appended."""
-    kimg, rest = divmod(cur_nimg, 1000)
-    return f"snapshot-{kimg:06d}.pt" if rest == 0 else f"snapshot-{kimg:06d}.{rest:03d}.pt"
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1] -> uint8 N×H×W×C."""
-    x = (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
-    """Tile uint8 N×H×W×C images row by row into one H'×W'(×3) picture."""
-    n, h, w, c = images.shape
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[i]
-    return grid[:, :, 0] if c == 1 else grid
 
 
 def grid_shape(resolution: int) -> tuple[int, int]:
@@ -291,14 +74,28 @@ def grid_shape(resolution: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def generate_grid(G_ema: Generator, z: torch.Tensor, batch: int) -> np.ndarray:
+def generate_grid(G_ema: Generator, z: torch.Tensor, batch: int, c: torch.Tensor | None = None) -> np.ndarray:
     G_ema.eval()
-    out = [to_uint8(G_ema(z[i : i + batch], None, noise_mode="const")) for i in range(0, len(z), batch)]
+    out = [
+        to_uint8(G_ema(z[i : i + batch], None if c is None else c[i : i + batch], noise_mode="const")).permute(0, 2, 3, 1).cpu().numpy()
+        for i in range(0, len(z), batch)
+    ]
     return np.concatenate(out)
 
 
+def one_hot(labels: torch.Tensor, c_dim: int, device: torch.device) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels.to(torch.int64), c_dim).to(device=device, dtype=torch.float32)
+
+
+def draw_gen_c(labels: torch.Tensor, count: int, c_dim: int, device: torch.device) -> torch.Tensor:
+    """One-hot labels for `count` fakes: the labels of random training images (NVIDIA's way),
+    drawn from torch's global CPU generator (re-seeded per round by the loop)."""
+    idx = torch.randint(len(labels), [count])
+    return one_hot(labels[idx], c_dim, device)
+
+
 # ---------------------------------------------------------------------------------------
-# The loop
+# Config and networks
 
 
 @dataclass
@@ -307,10 +104,6 @@ class Phase:
     module: torch.nn.Module
     opt: torch.optim.Optimizer
     interval: int
-
-
-def _round_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
 
 
 def build_networks(config: dict[str, Any], device: torch.device) -> tuple[Generator, Discriminator, Generator]:
@@ -340,166 +133,206 @@ def _make_phases(config: dict[str, Any], G: Generator, D: Discriminator) -> list
     return phases
 
 
-def _load_run_log(path: Path, upto_nimg: int) -> list[str]:
-    """The log lines a resumed run keeps: complete records up to the snapshot it resumes from."""
-    if not path.exists():
-        return []
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("nimg", 0) <= upto_nimg:
-            keep.append(line)
-    return keep
+def _check_resume_snapshot(snap: dict[str, Any], path: Path, resume: str | None, continuing: bool) -> None:
+    """The fields this loop reads from a snapshot, checked before anything is built from it."""
+    if snap.get("format") != "mad.stylegan2":
+        raise MadError(f"--resume {resume}: {path} is a {snap.get('format')} snapshot, not StyleGAN2")
+    config = snap.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("G_kwargs"), dict):
+        raise MadError(f"--resume {resume}: {path} has no config.G_kwargs")
+    if not isinstance(snap.get("G_ema") if snap.get("G_ema") is not None else snap.get("G"), dict):
+        raise MadError(f"--resume {resume}: {path} holds no generator weights")
+    if continuing:
+        needed = {"G": dict, "D": dict, "optim": dict, "progress": dict, "loss": dict}
+        bad = [k for k, t in needed.items() if not isinstance(snap.get(k), t)]
+        if bad or not isinstance(config.get("D_kwargs"), dict):
+            raise MadError(f"--resume {resume}: {path} is not a complete training snapshot (lacks {(bad or ['config.D_kwargs'])[0]}); fine-tune from it with --resume {path} into a new RUN")
+        opt = snap["optim"]
+        prog = snap["progress"]
+        if not (isinstance(opt.get("G"), dict) and isinstance(opt.get("D"), dict) and isinstance(prog.get("cur_nimg"), int) and isinstance(prog.get("batch_idx"), int)):
+            raise MadError(f"--resume {resume}: {path} has a malformed optimiser or progress record")
+        if not isinstance(snap["loss"].get("pl_mean"), torch.Tensor):
+            raise MadError(f"--resume {resume}: {path} lacks loss.pl_mean")
+        aug = config.get("augment", {"aug": "noaug"})
+        if not isinstance(aug, dict) or aug.get("aug", "noaug") not in ("ada", "noaug", "fixed"):
+            raise MadError(f"--resume {resume}: {path} has a malformed config.augment")
+        if aug.get("aug", "noaug") != "noaug" and not isinstance(snap.get("augment_pipe"), dict):
+            raise MadError(f"--resume {resume}: {path} lacks the augment pipe state (augment_pipe) its config.augment needs")
+        if aug.get("aug") == "ada" and not isinstance(snap.get("ada"), dict):
+            raise MadError(f"--resume {resume}: {path} lacks the ADA controller state (ada) its config.augment needs")
+    check_networks(snap, path, f"--resume {resume}")  # architecture against the tensors present, before allocating
 
 
-def _resolve_resume(out: Path, resume: str | None) -> tuple[str, Path | None]:
-    """('fresh', None), ('continue', RUN/latest.pt) or ('init', SNAPSHOT)."""
-    if resume is None:
-        return "fresh", None
-    if resume == "latest":
-        latest = out / "latest.pt"
-        return ("continue", latest) if latest.exists() else ("fresh", None)
-    p = Path(resume)
-    if not p.exists():
-        raise MadError(f"--resume {resume}: snapshot not found (use a snapshot file, or `latest` to continue RUN)")
-    if p.is_dir():
-        p = p / "latest.pt"
-        if not p.exists():
-            raise MadError(f"--resume {resume}: folder has no latest.pt")
-    return "init", p
+def _classes(options: StyleGAN2TrainOptions, info: FolderInfo, folder: RunFolder, snap: dict[str, Any] | None) -> tuple[FolderInfo, int]:
+    """The model's number of classes (0: unconditional), and the folder info with labels
+    read when the model needs them (an unconditional model never reads them, so a folder's
+    labels can never stop it)."""
+    if folder.mode == "fresh":
+        if not options.cond:
+            return info, 0
+        if info.labels is None:
+            raise MadError(
+                f"--cond: {info.folder} has no labels; give it a labels.csv (columns file,label), an NVIDIA dataset.json "
+                "or mad:label tags (what `mad dataset digits` and conditional `mad sample` write)"
+            )
+        return info, info.num_classes
+    assert snap is not None
+    where = str(folder.resume_path)
+    c_dim = snap["config"]["G_kwargs"].get("c_dim") or 0
+    if not isinstance(c_dim, int) or c_dim < 0:
+        raise MadError(f"--resume {folder.resume}: {where} has a malformed config.G_kwargs.c_dim ({c_dim!r})")
+    if folder.mode == "init" and options.cond and not c_dim:
+        raise MadError(f"--cond: {where} is an unconditional model and fine-tuning keeps its architecture; train a conditional model from scratch instead")
+    if c_dim:
+        if info.labels is None:
+            info = scan_folder(info.folder, labels=True, model="StyleGAN2")
+        check_labels_fit(info, c_dim, where)
+    elif info.labels is not None:  # --cond on an unconditional run that continues: labels unused
+        info = dataclasses.replace(info, labels=None, label_source=None)
+    return info, c_dim
 
 
-def _restartable(out: Path) -> bool:
-    """A run folder killed before its first snapshot (ours, but nothing to resume) may start over."""
-    return out.is_dir() and (out / "config.json").exists() and not any(out.glob("snapshot-*.pt"))
-
-
-def train_stylegan2(
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    cfg: str | None = None,
-    kimg: float | None = None,
-    batch: int | None = None,
-    batch_gpu: int | None = None,
-    gamma: float | None = None,
-    mirror: bool = False,
-    seed: int = 0,
-    resume: str | None = None,
-    snap_every: float | None = None,
-    device: str = "auto",
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Train StyleGAN2 on the images in `data`, writing snapshots, logs and grids into `out`.
-
-    `resume='latest'` continues RUN from its last snapshot (or starts it if it has none);
-    `resume=<snapshot>` starts a new run initialised from another run's weights. Returns a
-    summary (or, with `dry_run`, the resolved config and parameter counts without training).
-    """
-    dist = init_dist(device)
-    dev = dist.device
-    info = scan_folder(data)
-    out_path = Path(out)
-    mode, resume_path = _resolve_resume(out_path, resume)
-    cfg_name = cfg or ("auto" if dev.type == "cuda" else "tiny")
-
-    snap: dict[str, Any] | None = None
-    d_from_snap = mode == "continue"
-    if mode != "fresh":
-        from mad_cli.models.snapshot import load_snapshot
-
-        snap = load_snapshot(resume_path, map_location="cpu")
-        if snap.get("format") != "mad.stylegan2":
-            raise MadError(f"--resume {resume}: {resume_path} is a {snap.get('format')} snapshot, not StyleGAN2")
-
-    if mode == "continue":
+def _resolve(
+    options: StyleGAN2TrainOptions, run: RunRequest, info: FolderInfo, dist: Dist, folder: RunFolder, snap: dict[str, Any] | None,
+    dev: torch.device, c_dim: int,
+) -> tuple[dict[str, Any], bool]:
+    """The run's config, and whether D comes from the snapshot."""
+    cfg_name = options.cfg or ("auto" if dev.type == "cuda" else "tiny")
+    resume, resume_path = run.resume, folder.resume_path
+    if folder.mode == "continue":
         assert snap is not None
         config = copy.deepcopy(snap["config"])
-        if (config["resolution"], config["channels"]) != (info.resolution, info.channels):
+        if (config.get("resolution"), config.get("channels")) != (info.resolution, info.channels):
             raise MadError(
-                f"--resume latest: {resume_path} was trained on {config['resolution']}² × {config['channels']} images, "
-                f"{data} holds {info.resolution}² × {info.channels}"
+                f"--resume latest: {resume_path} was trained on {config.get('resolution')}² × {config.get('channels')} images, "
+                f"{info.folder} holds {info.resolution}² × {info.channels}"
             )
         if config.get("gpus", 1) != dist.world:
             raise MadError(f"--resume latest: {resume_path} was trained with {config.get('gpus', 1)} process(es), this run has {dist.world}")
+        folder.check_same_data(config, info.describe())
+        config.setdefault("augment", {"aug": "noaug"})  # snapshots from before ADA trained without it
+        config["cond"] = bool(c_dim)
         # Loop scripts pass the same flags on every re-run: only a flag that asks for
-        # something other than the stored config deserves a warning.
+        # something other than the stored config deserves a warning (RunFolder.warn_ignored).
+        augment = config["augment"]
         stored = {"--cfg": config.get("cfg"), "--batch": config.get("batch"), "--batch-gpu": config.get("batch_gpu"),
-                  "--gamma": config.get("loss_kwargs", {}).get("r1_gamma")}
-        given = {"--cfg": cfg, "--batch": batch, "--batch-gpu": batch_gpu, "--gamma": None if gamma is None else float(gamma)}
-        ignored = [flag for flag, value in given.items() if value is not None and value != stored[flag]]
-        if ignored and dist.rank == 0:
-            from mad_cli.output import warn
+                  "--gamma": config.get("loss_kwargs", {}).get("r1_gamma"), "--mirror": config.get("mirror"),
+                  "--aug": augment.get("aug"), "--augpipe": augment.get("augpipe"), "--target": augment.get("target"),
+                  "--p": augment.get("p") if augment.get("aug") == "fixed" else None, "--ada-kimg": augment.get("ada_kimg"),
+                  "--cond": config["cond"]}
+        given = {"--cfg": options.cfg, "--batch": options.batch, "--batch-gpu": options.batch_gpu,
+                 "--gamma": None if options.gamma is None else float(options.gamma), "--mirror": options.mirror or None,
+                 "--aug": options.aug, "--augpipe": options.augpipe, "--target": options.target, "--p": options.p,
+                 "--ada-kimg": options.ada_kimg, "--cond": options.cond or None}
+        folder.warn_ignored(stored, given)
+        if options.kimg is not None:
+            config["total_kimg"] = float(options.kimg)
+        if options.snap_every is not None:
+            config["snap_kimg"] = float(options.snap_every)
+            config["tick_kimg"] = min(config["tick_kimg"], float(options.snap_every))
+        config.update(info.describe())
+        return config, True
+    config = resolve_config(
+        cfg_name, resolution=info.resolution, channels=info.channels, gpus=dist.world, kimg=options.kimg, batch=options.batch,
+        batch_gpu=options.batch_gpu, gamma=options.gamma, mirror=options.mirror, seed=run.seed, snap_kimg=options.snap_every,
+        aug=options.aug, augpipe=options.augpipe, p=options.p, target=options.target, ada_kimg=options.ada_kimg, c_dim=c_dim,
+    )
+    config = {"model": "stylegan2", **config, **info.describe()}
+    d_from_snap = False
+    if folder.mode == "init":
+        assert snap is not None
+        src = snap["config"]
+        g_kwargs = src["G_kwargs"]
+        if (g_kwargs.get("img_resolution"), g_kwargs.get("img_channels")) != (info.resolution, info.channels):
+            raise MadError(
+                f"--resume {resume}: the snapshot makes {g_kwargs.get('img_resolution')}² × {g_kwargs.get('img_channels')} images, "
+                f"{info.folder} holds {info.resolution}² × {info.channels}"
+            )
+        config["G_kwargs"] = copy.deepcopy(g_kwargs)
+        d_from_snap = isinstance(snap.get("D"), dict) and isinstance(src.get("D_kwargs"), dict)
+        if d_from_snap:
+            d_kwargs = copy.deepcopy(src["D_kwargs"])
+            d_kwargs.setdefault("epilogue_kwargs", {})["mbstd_group_size"] = config["D_kwargs"]["epilogue_kwargs"]["mbstd_group_size"]
+            config["D_kwargs"] = d_kwargs
+        config["init_from"] = str(resume_path)
+        # ADA continues from the source's p (an NVIDIA pickle's augment pipe, or our snapshot's)
+        # rather than from 0: the source's D was trained against augmented images at that p.
+        pipe_state = snap.get("augment_pipe")
+        p0 = pipe_state.get("p") if isinstance(pipe_state, dict) else None
+        if config["augment"]["aug"] == "ada" and isinstance(p0, torch.Tensor) and p0.numel() == 1 and torch.isfinite(p0).all():
+            config["augment"]["p"] = float(p0.float().clamp(0, 1))
+            config["augment"]["p_from"] = str(resume_path)
+    return config, d_from_snap
 
-            warn(f"{', '.join(ignored)} ignored: a continued run keeps the config stored in {resume_path}")
-        if kimg is not None:
-            config["total_kimg"] = float(kimg)
-        if snap_every is not None:
-            config["snap_kimg"] = float(snap_every)
-            config["tick_kimg"] = min(config["tick_kimg"], float(snap_every))
-    else:
-        config = resolve_config(
-            cfg_name, resolution=info.resolution, channels=info.channels, gpus=dist.world, kimg=kimg, batch=batch,
-            batch_gpu=batch_gpu, gamma=gamma, mirror=mirror, seed=seed, snap_kimg=snap_every,
-        )
-        if mode == "init":
-            assert snap is not None
-            src = snap.get("config", {})
-            g_kwargs = src.get("G_kwargs")
-            if not g_kwargs:
-                raise MadError(f"--resume {resume}: snapshot has no G_kwargs in its config")
-            if (g_kwargs["img_resolution"], g_kwargs["img_channels"]) != (info.resolution, info.channels):
-                raise MadError(
-                    f"--resume {resume}: the snapshot makes {g_kwargs['img_resolution']}² × {g_kwargs['img_channels']} images, "
-                    f"{data} holds {info.resolution}² × {info.channels}"
-                )
-            config["G_kwargs"] = copy.deepcopy(g_kwargs)
-            d_from_snap = snap.get("D") is not None and bool(src.get("D_kwargs"))
-            if d_from_snap:
-                d_kwargs = copy.deepcopy(src["D_kwargs"])
-                d_kwargs.setdefault("epilogue_kwargs", {})["mbstd_group_size"] = config["D_kwargs"]["epilogue_kwargs"]["mbstd_group_size"]
-                config["D_kwargs"] = d_kwargs
-            config["init_from"] = str(resume_path)
-    config["data"] = str(Path(data).resolve())
-    config["num_images"] = len(info.paths)
+
+def train(data: Path, run: RunRequest, options: StyleGAN2TrainOptions) -> dict[str, Any]:
+    """Train StyleGAN2 on the images in `data`, writing snapshots, logs and grids into `run.out`.
+
+    Returns a summary (or, with `run.dry_run`, the resolved config and parameter counts
+    without training and without touching RUN).
+    """
+    dist = init_dist(run.device)
+    dev = dist.device
+    info = scan_folder(data, labels=options.cond, model="StyleGAN2")
+    folder = RunFolder(run.out, dist, data=data, resume=run.resume)
+
+    snap: dict[str, Any] | None = None
+    if folder.mode != "fresh":
+        assert folder.resume_path is not None
+        snap = load_snapshot(folder.resume_path, map_location="cpu")
+        _check_resume_snapshot(snap, folder.resume_path, run.resume, folder.mode == "continue")
+    info, c_dim = _classes(options, info, folder, snap)
+    config, d_from_snap = _resolve(options, run, info, dist, folder, snap, dev, c_dim)
 
     try:
         G, D, G_ema = build_networks(config, dev)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
         if snap is None:
             raise
-        raise MadError(f"--resume {resume}: cannot build the networks from the snapshot's config ({exc})") from None
+        raise MadError(f"--resume {run.resume}: cannot build the networks from the snapshot's config ({exc})") from None
     counts = {"G_params": count_parameters(G), "D_params": count_parameters(D), "mapping_params": count_parameters(G.mapping), "synthesis_params": count_parameters(G.synthesis)}
-    if dry_run:
+    if run.dry_run:
         return {"config": config, **counts}
+    with folder, _cpu_threads(config, dev):
+        return _train_loop(config, info, dist, folder, snap, d_from_snap, G, D, G_ema, counts, run.resume)
 
-    # -- output folder (rank 0 only; the others wait to hear whether it worked) ----------
-    error = ""
-    if dist.rank == 0:
-        try:
-            if mode == "continue":
-                prepare_output_dir(out_path, sources=[data], force=True)
-            elif (mode == "init" or resume == "latest") and _restartable(out_path):
-                prepare_output_dir(out_path, sources=[data], force=True)  # killed before its first snapshot: start over
-            else:
-                if out_path.exists() and (out_path / "latest.pt").exists():
-                    raise MadError(f"--out {out_path}: holds a training run; continue it with --resume latest or choose another folder")
-                prepare_output_dir(out_path, sources=[data])
-        except MadError as exc:
-            error = str(exc)
-    _agree(dist, not error, f"--out {out_path}: rank 0 could not prepare the output folder")
-    if error:
-        raise MadError(error)
 
+@contextlib.contextmanager
+def _cpu_threads(config: dict[str, Any], dev: torch.device) -> Iterator[None]:
+    """The preset's torch thread count on CPU (tiny/small: 1), unless OMP_NUM_THREADS says.
+
+    Why: their convolutions are so small that a second thread mostly waits for the first;
+    on a 2-core machine shared with other jobs two threads ran several times slower than
+    one (configs.py has the measurements). The previous count is restored afterwards, so
+    Python callers get their setting back.
+    """
+    threads = config.get("cpu_threads")
+    if dev.type != "cpu" or not threads or os.environ.get("OMP_NUM_THREADS"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_loop(
+    config: dict[str, Any], info: FolderInfo, dist: Dist, folder: RunFolder, snap: dict[str, Any] | None, d_from_snap: bool,
+    G: Generator, D: Discriminator, G_ema: Generator, counts: dict[str, int], resume: str | None,
+) -> dict[str, Any]:
+    dev = dist.device
+    out_path = folder.path
+    mode = folder.mode
     # -- state ---------------------------------------------------------------------------
-    loss = StyleGAN2Loss(G, D, gather=_gather_fn(dist), **config["loss_kwargs"])
+    pipe, ada = build_augment(config["augment"], batch_size=config["batch"], device=dev)
+    loss = StyleGAN2Loss(G, D, gather=dist.gather_fn(), augment_pipe=pipe, ada=ada, **config["loss_kwargs"])
     phases = _make_phases(config, G, D)
     cur_nimg = 0
     batch_idx = 0
     train_seconds = 0.0
+    cpu_seconds = 0.0
     if snap is not None:
         G_src = snap.get("G") if snap.get("G") is not None else snap.get("G_ema")
         try:
@@ -511,18 +344,27 @@ def train_stylegan2(
             raise MadError(f"--resume {resume}: weights do not fit the architecture in the snapshot's config ({str(exc).splitlines()[0][:120]})") from None
         if mode == "continue":
             optim = snap["optim"]
-            phases[0].opt.load_state_dict(optim["G"])
-            next(p for p in phases if p.name == "Dmain").opt.load_state_dict(optim["D"])
+            try:
+                phases[0].opt.load_state_dict(optim["G"])
+                next(p for p in phases if p.name == "Dmain").opt.load_state_dict(optim["D"])
+            except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+                raise MadError(f"--resume {resume}: the optimiser state does not fit the networks ({str(exc).splitlines()[0][:120]})") from None
             progress_state = snap["progress"]
             cur_nimg = int(progress_state["cur_nimg"])
             batch_idx = int(progress_state["batch_idx"])
             train_seconds = float(progress_state.get("train_seconds", 0.0))
+            cpu_seconds = float(progress_state.get("cpu_seconds", 0.0))
             loss.pl_mean = snap["loss"]["pl_mean"].to(dev)
+            try:
+                if pipe is not None:
+                    pipe.load_state_dict(snap["augment_pipe"])
+                if ada is not None:
+                    ada.load_state_dict(snap["ada"])
+            except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                raise MadError(f"--resume {resume}: the augment state does not fit config.augment ({str(exc).splitlines()[0][:120]})") from None
             if "rng" in snap:
-                _set_rng_state(snap["rng"])
-    if dist.active:
-        for t in list(G.parameters()) + list(G.buffers()) + list(D.parameters()) + list(D.buffers()) + list(G_ema.parameters()) + list(G_ema.buffers()):
-            torch.distributed.broadcast(t.data, src=0)
+                rngstate.restore(snap["rng"])
+    dist.share(list(G.parameters()) + list(G.buffers()) + list(D.parameters()) + list(D.buffers()) + list(G_ema.parameters()) + list(G_ema.buffers()))
 
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -537,29 +379,31 @@ def train_stylegan2(
     total_nimg = int(round(config["total_kimg"] * 1000))
     snap_nimg = max(1, int(round(config["snap_kimg"] * 1000)))
     tick_nimg = max(1, int(round(config["tick_kimg"] * 1000)))
-    writer = dist.rank == 0
-    log_path = out_path / "log.jsonl"
+    writer = dist.writer
+
+    c_dim = int(G.c_dim)
+    labels_all = torch.from_numpy(info.labels) if c_dim else None
+    reduce = torch.distributed.all_reduce if dist.active else None  # ADA's statistic, summed over ranks
 
     gw, gh = grid_shape(info.resolution)
     grid_z = torch.randn([gw * gh, G.z_dim], generator=torch.Generator().manual_seed(config["seed"])).to(dev)
-    if writer:
-        atomic_write_text(out_path / "config.json", json.dumps(config, indent=2) + "\n")
-        kept = _load_run_log(log_path, cur_nimg) if mode == "continue" else []
-        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
-        if mode != "continue":
-            idx, flips = order.samples(0, gw * gh)
-            reals = _to_float(data_src.get(idx), flips, torch.device("cpu"))
-            write_png(out_path / "reals.png", image_grid(to_uint8(reals), gw))
-            write_png(out_path / snapshot_name(0).replace("snapshot-", "fakes-").replace(".pt", ".png"), image_grid(generate_grid(G_ema, grid_z, bg), gw))
+    grid_c = one_hot(torch.arange(gw * gh) % c_dim, c_dim, dev) if c_dim else None  # class i mod classes, as `mad sample`
+    folder.write_config(config)
+    folder.start_log(cur_nimg if mode == "continue" else None)
+    if writer and mode != "continue":
+        idx, flips = order.samples(0, gw * gh)
+        reals = to_float(data_src.get(idx), flips, torch.device("cpu"))
+        folder.write_image("reals.png", image_grid(to_uint8(reals).permute(0, 2, 3, 1).numpy(), gw))
+        folder.write_image(fakes_name(0), image_grid(generate_grid(G_ema, grid_z, bg, grid_c), gw))
 
-    def fetch(start: int) -> tuple[torch.Tensor, np.ndarray]:
+    def fetch(start: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
         """This process's rounds of the global batch starting at sample `start`."""
         idx, flips = order.samples(start, batch_size)
         mine = np.concatenate([np.arange(g * bg, (g + 1) * bg) for g in (j * dist.world + dist.rank for j in range(local_rounds))])
-        return data_src.get(idx[mine]), flips[mine]
+        return data_src.get(idx[mine]), flips[mine], data_src.labels(idx[mine]) if c_dim else None
 
     prefetch = ThreadPoolExecutor(max_workers=1)
-    pending: Future[tuple[torch.Tensor, np.ndarray]] = prefetch.submit(fetch, cur_nimg)
+    pending: Future[tuple[torch.Tensor, np.ndarray, torch.Tensor | None]] = prefetch.submit(fetch, cur_nimg)
     tick_stats: dict[str, list[float]] = {}
     tick_start_nimg = cur_nimg
     tick_start_time = time.perf_counter()
@@ -568,7 +412,6 @@ def train_stylegan2(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
-    from mad_cli.models.snapshot import save_snapshot
     from mad_cli.output import log as log_line
     from mad_cli.output import progress
 
@@ -579,31 +422,35 @@ def train_stylegan2(
             "format": "mad.stylegan2",
             "version": 1,
             "config": config,
-            "G": _cpu_state(G),
-            "D": _cpu_state(D),
-            "G_ema": _cpu_state(G_ema),
-            "optim": {"G": _cpu_tree(G_opt.state_dict()), "D": _cpu_tree(D_opt.state_dict())},
-            "progress": {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg, "batch_idx": batch_idx, "train_seconds": train_seconds},
+            "G": cpu_tree(G.state_dict()),
+            "D": cpu_tree(D.state_dict()),
+            "G_ema": cpu_tree(G_ema.state_dict()),
+            "optim": {"G": cpu_tree(G_opt.state_dict()), "D": cpu_tree(D_opt.state_dict())},
+            "progress": {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg, "batch_idx": batch_idx, "train_seconds": train_seconds, "cpu_seconds": cpu_seconds},
             "loss": {"pl_mean": loss.pl_mean.detach().cpu().clone()},
-            "rng": _rng_state(),
+            "rng": rngstate.capture(),
         }
-        path = out_path / snapshot_name(cur_nimg)
-        save_snapshot(path, snapshot)
-        place_file(path, out_path / "latest.pt", link="hardlink")
-        write_png(path.with_name(path.name.replace("snapshot-", "fakes-").replace(".pt", ".png")), image_grid(generate_grid(G_ema, grid_z, bg), gw))
+        if pipe is not None:
+            snapshot["augment_pipe"] = cpu_tree(pipe.state_dict())
+        if ada is not None:
+            snapshot["ada"] = ada.state_dict()
+        path = folder.save_snapshot(snapshot, cur_nimg)
+        folder.write_image(fakes_name(cur_nimg), image_grid(generate_grid(G_ema, grid_z, bg, grid_c), gw))
         G_ema.eval()
         return path
 
-    fields = ("kimg", "sec_kimg", "loss_G", "loss_D")
+    fields = ("kimg", "sec_kimg", "loss_G", "loss_D") + (("p",) if pipe is not None else ())
     last_row: dict[str, Any] = {}
     try:
-        with progress(total_nimg, "train", fields=fields) if writer else _quiet() as bar:
+        with progress(total_nimg, "train", fields=fields, enabled=writer) as bar:
             bar.advance(min(cur_nimg, total_nimg))
             while cur_nimg < total_nimg:
                 step_start = time.perf_counter()
-                real_u8, flips = pending.result()
+                cpu_start = time.process_time()
+                real_u8, flips, real_labels = pending.result()
                 pending = prefetch.submit(fetch, cur_nimg + batch_size)
-                reals = _to_float(real_u8, flips, dev).split(bg)
+                reals = to_float(real_u8, flips, dev).split(bg)
+                real_cs = one_hot(real_labels, c_dim, dev).split(bg) if real_labels is not None else None
                 for phase_idx, phase in enumerate(phases):
                     if batch_idx % phase.interval:
                         continue
@@ -611,20 +458,17 @@ def train_stylegan2(
                     phase.opt.zero_grad(set_to_none=True)
                     for j in range(local_rounds):
                         g = j * dist.world + dist.rank
-                        torch.manual_seed(_round_seed(config["seed"], batch_idx, phase_idx, g))
+                        torch.manual_seed(rngstate.round_seed(config["seed"], batch_idx, phase_idx, g))
                         gen_z = torch.randn([bg, G.z_dim], device=dev)
-                        stats = loss.accumulate_gradients(phase.name, reals[j], gen_z, gain=phase.interval / total_rounds)
+                        gen_c = draw_gen_c(labels_all, bg, c_dim, dev) if labels_all is not None else None
+                        stats = loss.accumulate_gradients(
+                            phase.name, reals[j], gen_z, gain=phase.interval / total_rounds,
+                            real_c=None if real_cs is None else real_cs[j], gen_c=gen_c,
+                        )
                         for k, v in stats.items():
                             tick_stats.setdefault(k, []).append(v)
                     phase.module.requires_grad_(False)
-                    params = [p for p in phase.module.parameters() if p.grad is not None]
-                    if params:
-                        flat = torch.cat([p.grad.flatten() for p in params])
-                        if dist.active:
-                            torch.distributed.all_reduce(flat)
-                        torch.nan_to_num(flat, nan=0, posinf=1e5, neginf=-1e5, out=flat)
-                        for p, gflat in zip(params, flat.split([p.numel() for p in params])):
-                            p.grad.copy_(gflat.view_as(p))
+                    dist.all_reduce_grads(list(phase.module.parameters()))
                     phase.opt.step()
 
                 # G_ema: half-life of ema_kimg thousand images, shortened early on by the ramp-up.
@@ -637,11 +481,14 @@ def train_stylegan2(
                         p_ema.copy_(p.lerp(p_ema, ema_beta))
                     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
                         b_ema.copy_(b)
+                if ada is not None:
+                    ada.step(reduce)
 
                 prev_nimg = cur_nimg
                 cur_nimg += batch_size
                 batch_idx += 1
                 train_seconds += time.perf_counter() - step_start
+                cpu_seconds += time.process_time() - cpu_start
                 bar.advance(min(cur_nimg, total_nimg) - min(prev_nimg, total_nimg))
                 done = cur_nimg >= total_nimg
 
@@ -653,18 +500,19 @@ def train_stylegan2(
                         "tick": tick_index,
                         "sec_per_kimg": elapsed / max((cur_nimg - tick_start_nimg) / 1000, 1e-9),
                         "train_seconds": round(train_seconds, 3),
+                        "cpu_seconds": round(cpu_seconds, 3),
                         **{k: float(np.mean(v)) for k, v in sorted(tick_stats.items())},
+                        **(ada.tick_stats() if ada is not None else {"augment_p": float(pipe.p)} if pipe is not None else {}),
                         "pl_mean": float(loss.pl_mean),
                         "gpu_mem_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
                     }
                     last_row = row
+                    folder.log(row)
                     if writer:
-                        with open(log_path, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}) + "\n")
-                            fh.flush()
                         bar.update(
                             kimg=f"{row['kimg']:.2f}", sec_kimg=f"{row['sec_per_kimg']:.1f}",
                             loss_G=f"{row.get('loss_G', float('nan')):.3f}", loss_D=f"{row.get('loss_D', float('nan')):.3f}",
+                            **({"p": f"{row['augment_p']:.3f}"} if pipe is not None else {}),
                         )
                     tick_stats = {}
                     tick_index += 1
@@ -680,8 +528,7 @@ def train_stylegan2(
     finally:
         prefetch.shutdown(wait=True, cancel_futures=True)
         data_src.close()
-        if dist.active:
-            torch.distributed.barrier()
+        dist.barrier()
 
     if writer and not last_row:
         log_line(f"{out_path}: already trained to {cur_nimg / 1000:g} kimg (raise --kimg to train further)")
@@ -693,21 +540,9 @@ def train_stylegan2(
         "loss_G": last_row.get("loss_G"),
         "loss_D": last_row.get("loss_D"),
         "train_seconds": round(train_seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "augment_p": None if pipe is None else float(pipe.p),
+        "num_classes": c_dim,
         **counts,
     }
 
-
-class _quiet:
-    """Progress stand-in for ranks other than 0."""
-
-    def __enter__(self) -> "_quiet":
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        return None
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def update(self, **_: Any) -> None:
-        pass

@@ -19,7 +19,11 @@
     const resp = await fetch(api(path), opts);
     let data = {};
     try { data = await resp.json(); } catch (e) { data = { ok: false, error: "bad answer from the server" }; }
-    if (!resp.ok || data.ok === false) throw new Error(data.error || ("HTTP " + resp.status));
+    if (!resp.ok || data.ok === false) {
+      const err = new Error(data.error || ("HTTP " + resp.status));
+      err.fromServer = true;  // the server answered (e.g. 507: disk full): it is running
+      throw err;
+    }
     return data;
   }
 
@@ -99,7 +103,7 @@
       finishArmed = false;
       say("");
     } catch (e) {
-      say("Not saved: " + e.message + " (is mad filter --review still running?)", true);
+      say("Not saved: " + e.message + (e.fromServer ? "" : " (is mad filter --review still running?)"), true);
     } finally {
       busy = false;
       render();
