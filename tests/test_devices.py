@@ -39,3 +39,48 @@ def test_cuda_index_beyond_the_visible_gpus() -> None:
     n = torch.cuda.device_count()
     with pytest.raises(MadError, match=f"--device cuda:{n}: only {n} GPU"):
         resolve_device(f"cuda:{n}")
+
+
+def test_cpu_presets_train_with_one_thread_unless_omp_num_threads_says(monkeypatch):
+    from mad_cli.devices import cpu_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        with cpu_threads(1, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored for Python callers
+        with cpu_threads(None, torch.device("cpu")):  # GPU presets on a CPU: torch's default
+            assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with cpu_threads(1, torch.device("cpu")):  # the user's choice wins
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_ddpm_cpu_presets_train_with_one_thread(monkeypatch, tmp_path):
+    """The ddpm trainer wraps its loop in cpu_threads(1) for tiny/small on CPU."""
+    from mad_cli.datasets import write_digits
+    from mad_cli.train import train
+
+    seen: list[int] = []
+    import mad_cli.models.ddpm.training as ddpm_training
+
+    real_loop = ddpm_training._loop
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_loop(*args, **kwargs)
+
+    monkeypatch.setattr(ddpm_training, "_loop", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    write_digits(tmp_path / "d", resolution=8, channels=1, limit=16, split="train")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(tmp_path / "d", tmp_path / "run", model="ddpm", cfg="tiny", kimg=0.008, batch=8, device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]

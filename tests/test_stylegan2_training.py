@@ -292,22 +292,3 @@ def test_fixed_and_noaug_modes_and_p_from_the_source_snapshot(tmp_path, one_thre
     # ... unless the mode is not ADA: fixed keeps --p.
     train(data, tmp_path / "ft2", cfg="tiny", kimg=0.008, batch=8, device="cpu", resume=str(tmp_path / "src.pt"), aug="fixed", p=0.1)
     assert load_snapshot(tmp_path / "ft2" / "latest.pt")["augment_pipe"]["p"].item() == pytest.approx(0.1)
-
-
-def test_cpu_presets_train_with_one_thread_unless_omp_num_threads_says(monkeypatch):
-    from mad_cli.models.stylegan2.training import _cpu_threads
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        with _cpu_threads({"cpu_threads": 1}, torch.device("cpu")):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2  # restored for Python callers
-        with _cpu_threads({"cpu_threads": None}, torch.device("cpu")):  # NVIDIA's presets: torch's default
-            assert torch.get_num_threads() == 2
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        with _cpu_threads({"cpu_threads": 1}, torch.device("cpu")):  # the user's choice wins
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

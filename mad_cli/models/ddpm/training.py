@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mad_cli.devices import cpu_threads
 from mad_cli.errors import MadError
 from mad_cli.imagedir import image_grid, to_uint8
 from mad_cli.models import RunRequest, rngstate
 from mad_cli.models.data import DataOrder, FolderInfo, ImageData, check_labels_fit, scan_folder, to_float
-from mad_cli.models.ddpm.configs import PRESET_NAMES, default_preset, ema_beta, learning_rate, parameter_count, resolve_config
+from mad_cli.models.ddpm.configs import PRESET_NAMES, PRESETS, default_preset, ema_beta, learning_rate, parameter_count, resolve_config
 from mad_cli.models.ddpm.diffusion import GaussianDiffusion, sample
 from mad_cli.models.ddpm.options import DDPMTrainOptions
 from mad_cli.models.ddpm.unet import UNet
@@ -184,7 +185,8 @@ def train(data: Path, run: RunRequest, options: DDPMTrainOptions) -> dict[str, A
     params = parameter_count(config)
     if run.dry_run:
         return {"config": config, "params": params}
-    with folder:
+    cpu_preset = PRESETS.get(str(config.get("cfg")), {}).get("device") == "cpu"
+    with folder, cpu_threads(1 if cpu_preset else None, dist.device):
         return _loop(config, info, dist, folder, snap, params, run.resume)
 
 

@@ -28,12 +28,9 @@ group (`models.dist`) and the RNG capture (`models.rngstate`).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mad_cli.devices import cpu_threads
 from mad_cli.errors import MadError
 from mad_cli.imagedir import image_grid, to_uint8
 from mad_cli.models import RunRequest, rngstate
@@ -293,29 +291,8 @@ def train(data: Path, run: RunRequest, options: StyleGAN2TrainOptions) -> dict[s
     counts = {"G_params": count_parameters(G), "D_params": count_parameters(D), "mapping_params": count_parameters(G.mapping), "synthesis_params": count_parameters(G.synthesis)}
     if run.dry_run:
         return {"config": config, **counts}
-    with folder, _cpu_threads(config, dev):
+    with folder, cpu_threads(config.get("cpu_threads"), dev):
         return _train_loop(config, info, dist, folder, snap, d_from_snap, G, D, G_ema, counts, run.resume)
-
-
-@contextlib.contextmanager
-def _cpu_threads(config: dict[str, Any], dev: torch.device) -> Iterator[None]:
-    """The preset's torch thread count on CPU (tiny/small: 1), unless OMP_NUM_THREADS says.
-
-    Why: their convolutions are so small that a second thread mostly waits for the first;
-    on a 2-core machine shared with other jobs two threads ran several times slower than
-    one (configs.py has the measurements). The previous count is restored afterwards, so
-    Python callers get their setting back.
-    """
-    threads = config.get("cpu_threads")
-    if dev.type != "cpu" or not threads or os.environ.get("OMP_NUM_THREADS"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_loop(
