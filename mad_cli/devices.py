@@ -35,7 +35,7 @@ def cpu_threads(threads: int | None, dev: torch.device) -> Iterator[None]:
     Why: the CPU presets' layers are so small that a second thread mostly waits for the
     first. Measured on our 2-core machine: the tiny StyleGAN2 trained at 16-30 s/kimg with
     one thread and 160-390 with two when shared with other jobs; the tiny ddpm's 40 kimg at
-    8² took 169 s with two threads on an idle machine and 120 s with one on a busy one. The
+    8² took 169 s with two threads and 134 s with one, on an idle machine. The
     previous count is restored afterwards, so Python callers get their setting back.
     """
     if dev.type != "cpu" or not threads or os.environ.get("OMP_NUM_THREADS"):
