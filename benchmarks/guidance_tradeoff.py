@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def mad(*args: str) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "mad_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"mad {' '.join(args[:2])} failed:\n{done.stderr[-2000:]}")
-    return done.stdout
+from _mad import mad  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,17 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _mad import mad  # noqa: E402
 
 GOAL_FD, GOAL_RECALL, GOAL_MINUTES = 10.0, 0.4, 5.0
-
-
-def mad(*args: str, threads: int) -> str:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.pop("MAD_DEBUG", None)
-    done = subprocess.run([sys.executable, "-m", "mad_cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"mad {' '.join(args[:2])} failed:\n{done.stderr[-2000:]}")
-    return done.stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,32 @@ JSON=${JSON:-1}                # 1: results as JSON lines in $OUT/*.jsonl (what 
 
 samples=()  # every generation's samples folder, in order: sample_step appends, evaluate compares
 
+# reproduction NAME WHY: what the reproduction scripts share. They set the sampling bias
+# themselves and read their own JSON lines, so a GUIDANCE or PSI (refused with WHY) or
+# JSON=0 from the caller would contradict them; PYTHON is the interpreter mad runs in, for
+# examples/_tables.py.
+reproduction() {
+    if [ -n "$GUIDANCE" ] || [ -n "$PSI" ]; then
+        echo "$1 $2; unset GUIDANCE and PSI" >&2
+        exit 2
+    fi
+    if [ "$JSON" != 1 ]; then
+        echo "JSON=${JSON}: $1's table and report read the JSON lines; leave JSON at 1" >&2
+        exit 2
+    fi
+    PYTHON=${PYTHON:-$(dirname "$(command -v mad)")/python}
+}
+
+# lambda_bias L: the MAD paper's sampling bias λ as the model's own flag, in GUIDANCE
+# (ddpm: λ = 1/(1+w)) or PSI (GMM, Gaussian, StyleGAN2: λ = ψ²), which sample_step passes.
+lambda_bias() {
+    if [ "$MODEL" = ddpm ]; then
+        GUIDANCE=$(awk -v l="$1" 'BEGIN { printf "%.6g", 1 / l - 1 }')
+    else
+        PSI=$(awk -v l="$1" 'BEGIN { printf "%.6g", sqrt(l) }')
+    fi
+}
+
 # train_step T TRAIN_DIR [RESUME]: `mad train` generation T's model on TRAIN_DIR into
 # $OUT/genT/run, with `--resume RESUME` (default latest: continue this generation's run, or
 # start it) and CFG/KIMG when they are set; anything in TRAIN_FLAGS is passed on as it is.

@@ -38,23 +38,11 @@ GENERATIONS=${GENERATIONS:-6}
 N=${N:-500}
 LAMBDA=${LAMBDA:-1}
 STEPS=${STEPS:-25}
-if [ -n "${GUIDANCE:-}" ] || [ -n "${PSI:-}" ]; then
-    echo "accumulate_vs_replace.sh sets the sampling bias from LAMBDA; unset GUIDANCE and PSI" >&2
-    exit 2
-fi
-if [ "${JSON:-1}" != 1 ]; then
-    echo "JSON=${JSON}: accumulate_vs_replace.sh's table and report read the JSON lines; leave JSON at 1" >&2
-    exit 2
-fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/_loop.sh"  # the other settings and the shared steps
-PYTHON=${PYTHON:-$(dirname "$(command -v mad)")/python}  # the Python mad runs in, for _tables.py
-if [ "$MODEL" = ddpm ]; then
-    GUIDANCE=$(awk -v l="$LAMBDA" 'BEGIN { printf "%.6g", 1 / l - 1 }')
-    SAMPLE_FLAGS="--steps $STEPS ${SAMPLE_FLAGS:-}"
-else
-    PSI=$(awk -v l="$LAMBDA" 'BEGIN { printf "%.6g", sqrt(l) }')
-fi
+reproduction accumulate_vs_replace.sh "sets the sampling bias from LAMBDA"
+lambda_bias "$LAMBDA"
+if [ "$MODEL" = ddpm ]; then SAMPLE_FLAGS="--steps $STEPS ${SAMPLE_FLAGS:-}"; fi
 
 root=$OUT
 REAL_DIR=$root/real

@@ -46,17 +46,9 @@ if ((largest > N)); then
     echo "N_SYNS=\"$N_SYNS\": every n_s must be at most N=$N (the samples per generation)" >&2
     exit 2
 fi
-if [ -n "${GUIDANCE:-}" ] || [ -n "${PSI:-}" ]; then
-    echo "fresh_data_sweep.sh sets the sampling bias from LAMBDAS; unset GUIDANCE and PSI" >&2
-    exit 2
-fi
-if [ "${JSON:-1}" != 1 ]; then
-    echo "JSON=${JSON}: fresh_data_sweep.sh's table and report read the JSON lines; leave JSON at 1" >&2
-    exit 2
-fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/_loop.sh"  # the other settings and the shared steps
-PYTHON=${PYTHON:-$(dirname "$(command -v mad)")/python}  # the Python mad runs in, for _tables.py
+reproduction fresh_data_sweep.sh "sets the sampling bias from LAMBDAS"
 if [ "$MODEL" = ddpm ]; then SAMPLE_FLAGS="--steps $STEPS ${SAMPLE_FLAGS:-}"; fi
 
 root=$OUT
@@ -67,12 +59,7 @@ mad dataset digits "$root/real-test" --resolution "$RES" --split test --seed "$S
 
 arms=() names=() table=()
 for lam in $LAMBDAS; do
-    # λ as the model's own sampling flag (sample_step passes PSI or GUIDANCE).
-    if [ "$MODEL" = ddpm ]; then
-        GUIDANCE=$(awk -v l="$lam" 'BEGIN { printf "%.6g", 1 / l - 1 }')
-    else
-        PSI=$(awk -v l="$lam" 'BEGIN { printf "%.6g", sqrt(l) }')
-    fi
+    lambda_bias "$lam"
     for ns in $N_SYNS; do
         OUT=$root/lam$lam-ns$ns
         samples=()

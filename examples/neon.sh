@@ -56,25 +56,15 @@ case "$MODEL" in
     gmm) FT_KIMG=${FT_KIMG:-}; TRAIN_FLAGS=${TRAIN_FLAGS:---components 1} ;;
     *) echo "MODEL=$MODEL: neon.sh needs ddpm or gmm (a model it can fine-tune and merge; the Gaussian has nothing to fine-tune)" >&2; exit 2 ;;
 esac
-if [ -n "${GUIDANCE:-}" ] || [ -n "${PSI:-}" ]; then
-    echo "neon.sh sets the sampler's bias from LAMBDA; unset GUIDANCE and PSI" >&2
-    exit 2
-fi
-if [ "${JSON:-1}" != 1 ]; then
-    echo "JSON=${JSON}: neon.sh's table and report read the JSON lines; leave JSON at 1" >&2
-    exit 2
-fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/_loop.sh"  # the other settings and the shared steps
-PYTHON=${PYTHON:-$(dirname "$(command -v mad)")/python}  # the Python mad runs in, for _tables.py
+reproduction neon.sh "sets the sampler's bias from LAMBDA"
 
 # The sampler: λ as the model's own flag (ddpm: λ = 1/(1+w); GMM, StyleGAN2: λ = ψ²).
 bias_flags() {
-    if [ "$MODEL" = ddpm ]; then
-        echo "--guidance $(awk -v l="$1" 'BEGIN { printf "%.6g", 1 / l - 1 }') --steps $STEPS"
-    else
-        echo "--psi $(awk -v l="$1" 'BEGIN { printf "%.6g", sqrt(l) }')"
-    fi
+    local GUIDANCE="" PSI=""
+    lambda_bias "$1"
+    if [ "$MODEL" = ddpm ]; then echo "--guidance $GUIDANCE --steps $STEPS"; else echo "--psi $PSI"; fi
 }
 read -r -a BIAS <<<"$(bias_flags "$LAMBDA")"
 

@@ -60,17 +60,9 @@ case "$MODEL" in
     gaussian) SIZES="" ;;
     *) echo "MODEL=$MODEL: strong_collapse.sh runs gmm, ddpm or gaussian" >&2; exit 2 ;;
 esac
-if [ -n "${GUIDANCE:-}" ] || [ -n "${PSI:-}" ]; then
-    echo "strong_collapse.sh samples without bias (the source's own distribution is what is off); unset GUIDANCE and PSI" >&2
-    exit 2
-fi
-if [ "${JSON:-1}" != 1 ]; then
-    echo "JSON=${JSON}: strong_collapse.sh's table and report read the JSON lines; leave JSON at 1" >&2
-    exit 2
-fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/_loop.sh"  # the other settings and the shared steps
-PYTHON=${PYTHON:-$(dirname "$(command -v mad)")/python}  # the Python mad runs in, for _tables.py
+reproduction strong_collapse.sh "samples without bias (the source's own distribution is what is off)"
 
 root=$OUT
 max_n=$N_TRAIN

@@ -208,6 +208,16 @@ class RunFolder:
             place_file(path, self.path / LATEST_NAME, link="hardlink")
         return path
 
+    def save_fitted(self, fmt: str, config: dict[str, Any], model: dict[str, Any], n_images: int) -> Path:
+        """A closed-form model's whole run (the Gaussian, the GMM): config, its one snapshot
+        at kimg 0 and a fresh log. No timings go into the snapshot, so the same data gives
+        the same file and hence the same generator id."""
+        snap = {"format": fmt, "version": 1, "config": config, "model": model, "progress": {"kimg": 0.0, "n_images": n_images}}
+        self.write_config(config)
+        path = self.save_snapshot(snap, 0)
+        self.start_log(None)
+        return path
+
     def write_image(self, name: str, image: np.ndarray) -> None:
         if self.dist.writer:
             write_png(self.path / name, image)

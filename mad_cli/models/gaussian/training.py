@@ -66,18 +66,8 @@ def train(data: Path, run: RunRequest, options: GaussianTrainOptions) -> dict[st
         model = fit_gaussian(x, max_full_dim=DEFAULT_MAX_FULL_DIM, seed=run.seed)
         del x
         config["rank"] = int(model["scales"].numel())
-        snap = {
-            "format": "mad.gaussian",
-            "version": 1,
-            "config": config,
-            "model": model,
-            # No timings in the snapshot: the same data must give the same file (and generator id).
-            "progress": {"kimg": 0.0, "n_images": len(info.paths)},
-        }
-        folder.write_config(config)
-        snapshot = folder.save_snapshot(snap, 0)
+        snapshot = folder.save_fitted("mad.gaussian", config, model, len(info.paths))
         seconds = time.perf_counter() - t0
-        folder.start_log(None)
         folder.log({"kimg": 0.0, "nimg": 0, "n_images": len(info.paths), "dim": dim, "mode": mode, "rank": config["rank"], "seconds": round(seconds, 4)})
         shape = (GRID_IMAGES, info.height, info.width, info.channels)
         folder.write_image(fakes_name(0), image_grid(to_uint8(sample_gaussian(model, range(GRID_IMAGES))).reshape(shape).numpy()))

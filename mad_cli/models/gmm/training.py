@@ -177,17 +177,7 @@ def train(data: Path, run: RunRequest, options: GMMTrainOptions) -> dict[str, An
             **{k: v.to(torch.float64).contiguous() for k, v in pca.items()},
             **{k: torch.from_numpy(np.stack([f[k] for f in fits])).contiguous() for k in ("weights", "means", "covariances")},
         }
-        snap = {
-            "format": FORMAT,
-            "version": 1,
-            "config": config,
-            "model": model,
-            # No timings in the snapshot: the same data must give the same file (and generator id).
-            "progress": {"kimg": 0.0, "n_images": len(info.paths)},
-        }
-        folder.write_config(config)
-        snapshot = folder.save_snapshot(snap, 0)
-        folder.start_log(None)
+        snapshot = folder.save_fitted(FORMAT, config, model, len(info.paths))
         for row in rows:
             folder.log({"kimg": 0.0, "nimg": 0, **row})
         seconds = time.perf_counter() - t0
